@@ -1,0 +1,70 @@
+"""The attributes of a received instance that routing and completion look at.
+
+Extracted once at ingest and kept in the journal, so routing never rereads the spool.
+Nothing here identifies the patient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+# SequenceOfUltrasoundRegions: RegionSpatialFormat 3 is "spectral (CW or PW Doppler)";
+# RegionDataType 3 and 4 are PW and CW spectral Doppler.
+SPECTRAL_SPATIAL_FORMAT = 3
+SPECTRAL_DATA_TYPES = {3, 4}
+
+
+@dataclass(frozen=True)
+class InstanceAttrs:
+    sop_class_uid: str = ""
+    modality: str = ""
+    body_part: str = ""
+    image_type: tuple[str, ...] = field(default_factory=tuple)
+    manufacturer: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    spectral_doppler: bool = False
+    calling_ae: str = ""
+    called_ae: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstanceAttrs:
+        return cls(**{**data, "image_type": tuple(data.get("image_type", ()))})
+
+
+def has_spectral_doppler(ds: Dataset) -> bool:
+    for region in ds.get("SequenceOfUltrasoundRegions", []):
+        if region.get("RegionSpatialFormat") == SPECTRAL_SPATIAL_FORMAT:
+            return True
+        if region.get("RegionDataType") in SPECTRAL_DATA_TYPES:
+            return True
+    return False
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return str(value).strip() if value is not None else ""
+
+
+def extract(ds: Dataset, calling_ae: str = "", called_ae: str = "") -> InstanceAttrs:
+    image_type = ds.get("ImageType", [])
+    if isinstance(image_type, str):
+        image_type = [image_type]
+    return InstanceAttrs(
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        image_type=tuple(str(v) for v in image_type or ()),
+        manufacturer=_text(ds, "Manufacturer"),
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        spectral_doppler=has_spectral_doppler(ds),
+        calling_ae=calling_ae.strip(),
+        called_ae=called_ae.strip(),
+    )

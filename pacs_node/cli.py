@@ -1,0 +1,191 @@
+"""The `umsrep` command: one clear line and an exit code per error (traceback with --debug)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from umsrep_core.errors import UmsrepError
+
+log = logging.getLogger("umsrep")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pacs_node.node import Node  # noqa: PLC0415 - each command imports what it needs
+
+    config = _config(args)
+    node = Node(config)
+    node.start()
+    stopped = threading.Event()
+
+    def reload(signum: int, frame: object) -> None:
+        from pacs_node.yamlconf import load_config  # noqa: PLC0415
+
+        try:
+            node.reload_routing(load_config(args.config).routing)
+        except UmsrepError as exc:
+            log.error("routing NOT reloaded, the running rules stay: %s", exc)
+
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    signal.signal(signal.SIGHUP, reload)
+    stopped.wait()
+    log.info("stopping")
+    node.stop()
+    return 0
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pacs_node.yamlconf import load_config  # noqa: PLC0415
+
+    config = load_config(args.config)
+    node = config.node
+    update = {k: v for k, v in (("port", args.port), ("data_dir", args.data_dir),
+                                ("ae_titles", [args.ae_title] if args.ae_title else None))
+              if v is not None}
+    return config.model_copy(update={"node": node.model_validate({**node.model_dump(),
+                                                                   **update})})
+
+
+def _studies(args: argparse.Namespace) -> int:
+    from pacs_node.studies_cmd import list_studies  # noqa: PLC0415
+
+    data_dir = args.data_dir or _config(args).node.data_dir
+    return list_studies(data_dir, as_json=args.json, phi=args.phi)
+
+
+def _routes_check(args: argparse.Namespace) -> int:
+    from pacs_node import routes_cmd  # noqa: PLC0415
+
+    return routes_cmd.check(args.file)
+
+
+def _routes_test(args: argparse.Namespace) -> int:
+    from pacs_node import routes_cmd  # noqa: PLC0415
+
+    return routes_cmd.test(args.file, args.paths, as_json=args.json)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from pacs_node import sender  # noqa: PLC0415
+
+    files, skipped = sender.expand(args.paths)
+    for path in skipped:
+        print(f"skipped (not DICOM): {path}")
+    results = sender.send_files(args.host, args.port, files, called_ae=args.aec,
+                                calling_ae=args.aet)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        status = f"0x{r.status:04X}" if r.status is not None else "-"
+        print(f"FAILED {r.path}: status {status} {r.error or ''}".rstrip())
+    print(f"sent {len(results) - len(failed)} of {len(results)} files to "
+          f"{args.aec}@{args.host}:{args.port}")
+    return 1 if failed or not results else 0
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from pacs_node import sender  # noqa: PLC0415
+
+    status = sender.echo(args.host, args.port, called_ae=args.aec, calling_ae=args.aet)
+    print(f"C-ECHO {args.aec}@{args.host}:{args.port}: status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from pacs_node.samples import main_samples  # noqa: PLC0415
+
+    return main_samples(args.out, args.kind, args.count, args.seed, args.rows, args.columns)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pacs_node.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="umsrep", description="DICOM pipeline node for UMS-Rep models. "
+        "NOT FOR CLINICAL USE while its weights come from synthetic phantoms.")
+    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help_: str,
+                parent: argparse._SubParsersAction = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(run=run)
+        return p
+
+    def node_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML config (default: the packaged "
+                       "defaults: port 11112, AE UMSREP, ./umsrep-data, loopback callers)")
+        p.add_argument("--port", type=int, help="override node.port")
+        p.add_argument("--ae-title", help="override node.ae_titles with this one title")
+        p.add_argument("--data-dir", type=Path, help="override node.data_dir")
+
+    node_options(command("serve", _serve, "run the node: C-ECHO/C-STORE SCP, routing, "
+                                          "dispatch, delivery"))
+    p = command("studies", _studies, "list studies with state, counts, route and timings")
+    node_options(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--phi", action="store_true", help="also show patient name and ID")
+
+    routes = command("routes", lambda a: 2, "check and dry-run routing rules")
+    routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")
+    p = command("check", _routes_check, "validate a config file and its rules",
+                parent=routes_sub)
+    p.add_argument("file", type=Path)
+    p = command("test", _routes_test, "dry-run DICOM files or folders through the rules",
+                parent=routes_sub)
+    p.add_argument("file", type=Path)
+    p.add_argument("paths", type=Path, nargs="+")
+    p.add_argument("--json", action="store_true")
+
+    for name, run, help_ in (("send", _send, "send DICOM files or folders (C-STORE SCU)"),
+                             ("echo", _echo, "verify a DICOM peer (C-ECHO SCU)")):
+        p = command(name, run, help_)
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+        if name == "send":
+            p.add_argument("paths", type=Path, nargs="+")
+        p.add_argument("--aec", default="ANY-SCP", help="called AE title (default ANY-SCP)")
+        p.add_argument("--aet", default="UMSREP", help="calling AE title (default UMSREP)")
+
+    p = command("samples", _samples, "write a synthetic study (phantom data) as DICOM files")
+    p.add_argument("out", type=Path)
+    p.add_argument("--kind", default="cr", choices=["cr", "dx", "us_doppler", "us_bmode", "ct"])
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int)
+    p.add_argument("--columns", type=int)
+
+    p = command("demo", _demo, "start a node, send it sample studies, show what it did")
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pacs_node import logs  # noqa: PLC0415
+
+    args = build_parser().parse_args(argv)
+    logs.setup(as_json=args.log_json, debug=args.debug)
+    try:
+        code: int = args.run(args)
+    except UmsrepError as exc:
+        if args.debug:
+            raise
+        print(f"umsrep: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The node's configuration: pydantic models, validated at start-up (fail early).
+
+One YAML file holds everything: `node` (listening, limits, callers, TLS), `destinations`,
+`broker` and `routing`. With no file at all, `defaults.yaml` beside this module applies.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash, no control
+PIPELINES = ("cxr", "echo_doppler")
+OUTPUT_KINDS = ("seg", "sr", "denoised")
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _error_at(loc: tuple[str | int, ...], kind: str, message: str) -> PydanticCustomError:
+    """A model-level error that knows which field inside the model it is about.
+
+    pydantic locates a model validator's error at the model itself; `ctx["loc"]` carries the
+    rest of the path, so that the YAML loader can point at the offending line.
+    """
+    # The message is the last context value substituted into the template, so braces in it
+    # (from user-given names) are left as they are.
+    return PydanticCustomError(kind, "{message}", {"loc": loc, "message": message})
+
+
+def _ae_title(value: str) -> str:
+    if not AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters)")
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class TLS(Strict):
+    """Certificate and key of this end, and the CA that peers' certificates must chain to."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+class Caller(Strict):
+    """A calling AE title allowed to associate, optionally only from one host."""
+
+    ae_title: str = "*"
+    host: str | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        return v if v == "*" else _ae_title(v)
+
+
+class Node(Strict):
+    ae_titles: list[AETitle] = ["UMSREP"]
+    bind: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    data_dir: Path = Path("umsrep-data")
+    # The whitelist is on by default: an empty list means nobody may associate.
+    callers: list[Caller] = [Caller(host="127.0.0.1"), Caller(host="::1")]
+    tls: TLS | None = None
+    max_associations: int = Field(default=16, ge=1)
+    max_pdu: int = Field(default=4_194_304, ge=0)  # bytes we accept per P-DATA PDU; 0 = unlimited
+    max_image_pixels: int = Field(default=300_000_000, ge=1)  # rows x columns x frames
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+    embedded_workers: int = Field(default=2, ge=1)  # the in-process pool, with no broker
+
+    @field_validator("ae_titles")
+    @classmethod
+    def _check_titles(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one AE title is needed")
+        return [_ae_title(t) for t in v]
+
+
+class Destination(Strict):
+    """A DICOM peer (ae_title, host, port) or a folder."""
+
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: TLS | None = None
+    folder: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Destination:
+        network = (self.ae_title, self.host, self.port)
+        if self.folder is not None:
+            if any(x is not None for x in (*network, self.tls)):
+                raise ValueError("a folder destination takes no ae_title, host, port or tls")
+        elif any(x is None for x in network):
+            raise ValueError("a DICOM destination needs ae_title, host and port (or give folder)")
+        if self.ae_title is not None:
+            _ae_title(self.ae_title)
+        return self
+
+
+class Retry(Strict):
+    first_delay_s: float = Field(default=5.0, gt=0)
+    max_delay_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=50, ge=1)  # then the outbox item is marked failed
+
+
+class Broker(Strict):
+    url: str
+    result_backend: str | None = None
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+
+class Match(Strict):
+    """Conditions of a rule; all given ones must hold for one instance of the study.
+
+    Lists match exactly (any of); `*_re` fields are Python regular expressions searched in
+    the value; `image_type_re` is searched in the values joined with a backslash.
+    """
+
+    modality: list[str] | None = None
+    sop_class_uid: list[str] | None = None
+    calling_ae: list[str] | None = None
+    called_ae: list[str] | None = None
+    body_part_re: str | None = None
+    image_type_re: str | None = None
+    manufacturer_re: str | None = None
+    study_description_re: str | None = None
+    series_description_re: str | None = None
+    spectral_doppler: bool | None = None
+
+    @field_validator(
+        "body_part_re", "image_type_re", "manufacturer_re",
+        "study_description_re", "series_description_re",
+    )
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {v!r}: {exc}") from exc
+        return v
+
+
+class Process(Strict):
+    pipeline: Literal["cxr", "echo_doppler"]
+    outputs: list[Literal["seg", "sr", "denoised"]] = ["seg", "sr"]
+    destinations: list[str] = []
+
+
+class Forward(Strict):
+    destinations: list[str] = Field(min_length=1)
+
+
+class Ignore(Strict):
+    pass
+
+
+class Rule(Strict):
+    name: str = Field(min_length=1)
+    match: Match = Match()
+    process: Process | None = None
+    forward: Forward | None = None
+    ignore: Ignore | None = None
+    quiet_seconds: float | None = Field(default=None, ge=0)  # None: routing.quiet_seconds
+    complete_on_release: bool = False
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Rule:
+        actions = [a for a in ("process", "forward", "ignore") if getattr(self, a) is not None]
+        if len(actions) != 1:
+            raise ValueError(f"a rule needs exactly one action of process, forward, ignore "
+                             f"(got {actions or 'none'})")
+        return self
+
+    @property
+    def action(self) -> Literal["process", "forward", "ignore"]:
+        if self.process is not None:
+            return "process"
+        return "forward" if self.forward is not None else "ignore"
+
+    @property
+    def destinations(self) -> list[str]:
+        if self.process is not None:
+            return self.process.destinations
+        return self.forward.destinations if self.forward is not None else []
+
+
+class Routing(Strict):
+    # first: the first matching rule applies; all: every matching rule applies.
+    apply: Literal["first", "all"] = "first"
+    quiet_seconds: float = Field(default=10.0, ge=0)
+    rules: list[Rule] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Routing:
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise _error_at(("rules", i, "name"), "duplicate_rule_name",
+                                f"rule names must be unique: {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return self
+
+
+class Config(Strict):
+    node: Node = Node()
+    destinations: dict[str, Destination] = {}
+    retry: Retry = Retry()
+    broker: Broker | None = None
+    routing: Routing = Routing()
+
+    @model_validator(mode="after")
+    def _known_destinations(self) -> Config:
+        for i, rule in enumerate(self.routing.rules):
+            for j, name in enumerate(rule.destinations):
+                if name not in self.destinations:
+                    known = ", ".join(sorted(self.destinations)) or "none defined"
+                    raise _error_at(("routing", "rules", i, rule.action, "destinations", j),
+                                    "unknown_destination",
+                                    f"rule {rule.name!r}: unknown destination {name!r} "
+                                    f"(known: {known})")
+        return self
+
+    def folder(self, name: str) -> Path | None:
+        """A folder destination's path; relative paths are under the data dir."""
+        folder = self.destinations[name].folder
+        if folder is None:
+            return None
+        return folder if folder.is_absolute() else self.node.data_dir / folder

@@ -1,0 +1,395 @@
+"""The journal: SQLite in WAL mode, the single source of truth of the node.
+
+Studies (one row per version), their series and instances, every state change, the jobs
+a study was queued for, the rejections at the DICOM edge, and the outbox of things to send.
+Each write commits with synchronous=FULL, so a row is on disk before the caller goes on.
+One connection per process, shared by threads under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pacs_node.attrs import InstanceAttrs
+
+STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ignored")
+# A study left in one of these when the node stopped is picked up again at start.
+IN_BETWEEN = ("receiving", "complete", "queued", "processing")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_key TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    route TEXT,
+    reason TEXT,
+    calling_ae TEXT,
+    called_ae TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_instance_at REAL NOT NULL,
+    UNIQUE (study_uid, version)
+);
+CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
+CREATE TABLE IF NOT EXISTS series (
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    series_uid TEXT NOT NULL,
+    modality TEXT,
+    series_description TEXT,
+    body_part TEXT,
+    PRIMARY KEY (study_key, series_uid)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    sop_instance_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    attrs TEXT NOT NULL,
+    PRIMARY KEY (study_key, sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_study ON events (study_key);
+CREATE TABLE IF NOT EXISTS jobs (
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    route TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    dispatched_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    PRIMARY KEY (study_key, route)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    calling_ae TEXT,
+    peer TEXT,
+    sop_instance_uid TEXT,
+    status INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (destination, path)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True)
+class Study:
+    study_key: str
+    study_uid: str
+    version: int
+    state: str
+    route: str | None
+    reason: str | None
+    created_at: float
+    updated_at: float
+    last_instance_at: float
+
+
+@dataclass(frozen=True)
+class Instance:
+    study_key: str
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str
+    size: int
+    received_at: float
+    attrs: InstanceAttrs
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    study_key: str
+    destination: str
+    path: str
+    attempts: int
+
+
+def study_key(study_uid: str, version: int) -> str:
+    return f"{study_uid}@{version}"
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)  # idempotent; executescript manages its own commit
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE so concurrent processes queue, not deadlock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- ingest ----------------------------------------------------------------------------
+
+    def add_instance(self, *, study_uid: str, series_uid: str, sop_instance_uid: str,
+                     sop_class_uid: str, transfer_syntax: str, path: Path, size: int,
+                     attrs: InstanceAttrs) -> str:
+        """Record a received instance in the study's receiving version; returns its study key.
+
+        A study whose latest version is past receiving is reopened as a new version, so an
+        instance that arrives late is never dropped. The same instance received again in the
+        same version replaces its row (a resend after a failure stores it exactly once).
+        """
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT study_key, version, state FROM studies WHERE study_uid = ? "
+                "ORDER BY version DESC LIMIT 1", (study_uid,)).fetchone()
+            if row is not None and row["state"] == "receiving":
+                key = str(row["study_key"])
+                db.execute("UPDATE studies SET last_instance_at = ?, updated_at = ? "
+                           "WHERE study_key = ?", (now, now, key))
+            else:
+                version = 1 if row is None else int(row["version"]) + 1
+                key = study_key(study_uid, version)
+                db.execute(
+                    "INSERT INTO studies (study_key, study_uid, version, state, calling_ae, "
+                    "called_ae, created_at, updated_at, last_instance_at) "
+                    "VALUES (?, ?, ?, 'receiving', ?, ?, ?, ?, ?)",
+                    (key, study_uid, version, attrs.calling_ae, attrs.called_ae, now, now, now))
+                detail = "new study" if row is None else f"reopened after {row['study_key']}"
+                self._event(db, key, "receiving", detail, now)
+            db.execute(
+                "INSERT OR REPLACE INTO series (study_key, series_uid, modality, "
+                "series_description, body_part) VALUES (?, ?, ?, ?, ?)",
+                (key, series_uid, attrs.modality, attrs.series_description, attrs.body_part))
+            db.execute(
+                "INSERT OR REPLACE INTO instances (study_key, sop_instance_uid, series_uid, "
+                "sop_class_uid, transfer_syntax, path, size, received_at, attrs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, sop_instance_uid, series_uid, sop_class_uid, transfer_syntax, str(path),
+                 size, now, json.dumps(attrs.to_json())))
+        return key
+
+    def reject(self, *, calling_ae: str, peer: str, sop_instance_uid: str | None, status: int,
+               reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rejections (at, calling_ae, peer, sop_instance_uid, status, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), calling_ae, peer, sop_instance_uid, status, reason))
+
+    def rejections(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM rejections ORDER BY id")]
+
+    # --- studies ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, key: str, state: str, detail: str | None,
+               at: float) -> None:
+        db.execute("INSERT INTO events (study_key, at, state, detail) VALUES (?, ?, ?, ?)",
+                   (key, at, state, detail))
+
+    def set_state(self, key: str, state: str, *, reason: str | None = None,
+                  route: str | None = None, expect: tuple[str, ...] | None = None) -> bool:
+        """Move a study to `state`; with `expect`, only from one of those states.
+
+        Returns whether the study moved, so that two threads racing for the same
+        transition (the quiet timer and an association release) do it once.
+        """
+        assert state in STATES, state
+        now = time.time()
+        with self._tx() as db:
+            sql = "UPDATE studies SET state = ?, updated_at = ?, reason = COALESCE(?, reason), " \
+                  "route = COALESCE(?, route) WHERE study_key = ?"
+            args: tuple[Any, ...] = (state, now, reason, route, key)
+            if expect:
+                sql += f" AND state IN ({','.join('?' * len(expect))})"
+                args += expect
+            moved = db.execute(sql, args).rowcount == 1
+            if moved:
+                self._event(db, key, state, reason, now)
+        return moved
+
+    def note(self, key: str, step: str, detail: str | None = None) -> None:
+        """Record a step of a study's work that is not a state change (timings, outcomes)."""
+        with self._tx() as db:
+            self._event(db, key, step, detail, time.time())
+
+    def study(self, key: str) -> Study | None:
+        rows = self._query("SELECT * FROM studies WHERE study_key = ?", (key,))
+        return _study(rows[0]) if rows else None
+
+    def studies(self, states: tuple[str, ...] | None = None) -> list[Study]:
+        if states:
+            marks = ",".join("?" * len(states))  # placeholders only: values stay bound
+            rows = self._query(
+                f"SELECT * FROM studies WHERE state IN ({marks}) ORDER BY created_at",  # noqa: S608
+                states)
+        else:
+            rows = self._query("SELECT * FROM studies ORDER BY created_at")
+        return [_study(r) for r in rows]
+
+    def instances(self, key: str) -> list[Instance]:
+        rows = self._query("SELECT * FROM instances WHERE study_key = ? ORDER BY received_at",
+                           (key,))
+        return [Instance(**{**dict(r), "attrs": InstanceAttrs.from_json(json.loads(r["attrs"]))})
+                for r in rows]
+
+    def all_instances(self) -> list[Instance]:
+        rows = self._query("SELECT study_key FROM studies ORDER BY created_at")
+        return [i for r in rows for i in self.instances(r["study_key"])]
+
+    def events(self, key: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query(
+            "SELECT at, state, detail FROM events WHERE study_key = ? ORDER BY id", (key,))]
+
+    def counts(self) -> dict[str, int]:
+        """Instances per study key, for listing without loading every row."""
+        return {r["study_key"]: r["n"] for r in self._query(
+            "SELECT study_key, COUNT(*) AS n FROM instances GROUP BY study_key")}
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def add_job(self, key: str, route: str, queue: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO jobs (study_key, route, queue, state) "
+                       "VALUES (?, ?, ?, 'queued')", (key, route, queue))
+
+    def job_dispatched(self, key: str, route: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET dispatched_at = ? WHERE study_key = ? AND route = ?",
+                       (time.time(), key, route))
+
+    def jobs(self, key: str | None = None) -> list[dict[str, Any]]:
+        if key is None:
+            return [dict(r) for r in self._query("SELECT * FROM jobs")]
+        return [dict(r) for r in self._query("SELECT * FROM jobs WHERE study_key = ?", (key,))]
+
+    def requeue_jobs(self) -> int:
+        """Jobs queued or running when the node stopped go back to queued, to be dispatched
+        again: a lost broker message or a killed in-process job is never a lost study."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'queued', dispatched_at = NULL, started_at = NULL "
+                "WHERE state IN ('queued', 'processing')").rowcount
+
+    def start_job(self, key: str, route: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state = 'processing', started_at = ?, error = NULL "
+                       "WHERE study_key = ? AND route = ?", (now, key, route))
+            self._set_study_from_jobs(db, key, now, f"job {route} started")
+
+    def finish_job(self, key: str, route: str, error: str | None = None) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ? "
+                       "WHERE study_key = ? AND route = ?",
+                       ("failed" if error else "done", now, error, key, route))
+            detail = f"job {route} failed: {error}" if error else f"job {route} done"
+            self._set_study_from_jobs(db, key, now, detail)
+
+    def _set_study_from_jobs(self, db: sqlite3.Connection, key: str, now: float,
+                             detail: str) -> None:
+        """The study's state follows its jobs: processing while any runs, then done or failed."""
+        states = {r["state"] for r in db.execute(
+            "SELECT state FROM jobs WHERE study_key = ?", (key,))}
+        if states & {"queued", "processing"}:
+            state = "processing" if "processing" in states else "queued"
+        else:
+            state = "failed" if "failed" in states else "done"
+        reason = detail if state == "failed" else None
+        db.execute("UPDATE studies SET state = ?, updated_at = ?, reason = COALESCE(?, reason) "
+                   "WHERE study_key = ?", (state, now, reason, key))
+        self._event(db, key, state, detail, now)
+
+    # --- outbox ----------------------------------------------------------------------------
+
+    def enqueue(self, key: str, destination: str, paths: list[Path]) -> int:
+        """Queue files for a destination; a file already queued there is not queued twice."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO outbox (study_key, destination, path, next_attempt_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?)",
+                [(key, destination, str(p), now, now) for p in paths])
+            return cur.rowcount
+
+    def due(self, now: float | None = None, limit: int = 500) -> list[OutboxItem]:
+        rows = self._query(
+            "SELECT id, study_key, destination, path, attempts FROM outbox "
+            "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (time.time() if now is None else now, limit))
+        return [OutboxItem(**dict(r)) for r in rows]
+
+    def sent(self, item_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
+                       "last_error = NULL WHERE id = ?", (time.time(), item_id))
+
+    def send_failed(self, item_id: int, error: str, retry_at: float | None) -> None:
+        """Record a failed attempt; retry_at None means give up (the item is failed)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
+                "state = ?, next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ?",
+                (error, "pending" if retry_at is not None else "failed", retry_at, item_id))
+
+    def outbox(self, key: str | None = None) -> list[dict[str, Any]]:
+        if key is None:
+            return [dict(r) for r in self._query("SELECT * FROM outbox ORDER BY id")]
+        return [dict(r) for r in self._query(
+            "SELECT * FROM outbox WHERE study_key = ? ORDER BY id", (key,))]
+
+
+def _study(row: sqlite3.Row) -> Study:
+    return Study(**{k: row[k] for k in Study.__dataclass_fields__})

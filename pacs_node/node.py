@@ -1,0 +1,156 @@
+"""The node: wires the DICOM edge, the journal, completion, routing, dispatch and delivery.
+
+A routed study follows every rule that applies: `forward` queues its instances in the
+outbox, `process` adds a job and dispatches it, `ignore` (or no rule) leaves it stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs_node import router
+from pacs_node.assembler import Assembler
+from pacs_node.config import Config, Routing
+from pacs_node.dispatch import (
+    CeleryDispatcher,
+    Dispatcher,
+    EmbeddedDispatcher,
+    Handler,
+    installed_handler,
+)
+from pacs_node.journal import Journal
+from pacs_node.outbox import Deliverer
+from pacs_node.scp import Receiver, start_server
+from pacs_node.spool import Spool
+from umsrep_core.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+RESUME_INTERVAL_S = 5.0
+
+
+def journal_path(data_dir: Path) -> Path:
+    return data_dir / "journal.db"
+
+
+class Node:
+    def __init__(self, config: Config, handler: Handler | None = None) -> None:
+        self.config = config
+        data_dir = config.node.data_dir
+        self.journal = Journal(journal_path(data_dir))
+        self.spool = Spool(data_dir / "spool")
+        self.assembler = Assembler(self.journal, lambda: self.config.routing, self.route_study)
+        self.receiver = Receiver(config, self.spool, self.journal, self.assembler.on_release)
+        self.deliverer = Deliverer(self.journal, config, calling_ae=config.node.ae_titles[0])
+        self.dispatcher: Dispatcher = (
+            CeleryDispatcher(config.broker) if config.broker is not None
+            else EmbeddedDispatcher(self.journal, config.node.embedded_workers,
+                                    handler or installed_handler()))
+        self.server: ThreadedAssociationServer | None = None
+        self._stop = threading.Event()
+        self._resumer: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        removed = self.spool.remove_partials()
+        if removed:
+            log.info("removed %d partial spool files left by a stop", removed)
+        self.resume()
+        self.server = start_server(self.config, self.receiver)
+        self.assembler.start()
+        self.deliverer.start()
+        self._resumer = threading.Thread(target=self._resume_loop, name="resume", daemon=True)
+        self._resumer.start()
+        log.info("listening on %s:%d as %s; data in %s; %s", self.config.node.bind, self.port,
+                 ", ".join(self.config.node.ae_titles), self.config.node.data_dir,
+                 "broker " + _redact(self.config.broker.url) if self.config.broker
+                 else "embedded workers (no broker)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.assembler.stop()
+        self.deliverer.stop()
+        self.dispatcher.close()
+        self.journal.close()
+
+    def reload_routing(self, routing: Routing) -> None:
+        self.config = self.config.model_copy(update={"routing": routing})
+        log.info("routing reloaded: %d rules", len(routing.rules))
+
+    # --- routing and dispatch ---------------------------------------------------------------
+
+    def route_study(self, key: str) -> None:
+        instances = self.journal.instances(key)
+        rules = router.route(self.config.routing, [i.attrs for i in instances])
+        if not rules:
+            self.journal.set_state(key, "ignored", reason="no rule matched: stored only")
+            log.info("study %s: no rule matched, stored only", key)
+            return
+        names = ",".join(r.name for r in rules)
+        paths = [Path(i.path) for i in instances]
+        for rule in rules:
+            if rule.forward is not None:
+                for destination in rule.forward.destinations:
+                    self.journal.enqueue(key, destination, paths)
+            if rule.process is not None:
+                self.journal.add_job(key, rule.name, rule.process.pipeline)
+        self.deliverer.wake()
+        if any(r.process is not None for r in rules):
+            self.journal.set_state(key, "queued", route=names)
+            log.info("study %s: queued by rule(s) %s", key, names)
+            self.dispatch_pending(key)
+        elif any(r.forward is not None for r in rules):
+            self.journal.set_state(key, "done", route=names, reason="forwarded (see outbox)")
+            log.info("study %s: forwarded by rule(s) %s", key, names)
+        else:
+            self.journal.set_state(key, "ignored", route=names, reason=f"ignored by {names}")
+            log.info("study %s: ignored by rule(s) %s", key, names)
+
+    def dispatch_pending(self, key: str | None = None) -> None:
+        """Dispatch the jobs not yet handed to a dispatcher (all studies when key is None)."""
+        for job in self.journal.jobs(key):
+            if job["state"] != "queued" or job["dispatched_at"] is not None:
+                continue
+            try:
+                self.dispatcher.dispatch(job["study_key"], job["route"], job["queue"])
+            except DeliveryError as exc:
+                log.warning("study %s: dispatch of %s deferred: %s", job["study_key"],
+                            job["route"], exc)
+                return
+            self.journal.job_dispatched(job["study_key"], job["route"])
+
+    def resume(self) -> None:
+        """Pick up studies left in an in-between state when the node last stopped."""
+        for study in self.journal.studies(("complete",)):
+            log.info("study %s: resuming routing", study.study_key)
+            self.route_study(study.study_key)
+        requeued = self.journal.requeue_jobs()
+        if requeued:
+            log.info("re-dispatching %d job(s) interrupted by the last stop", requeued)
+        self.dispatch_pending()
+
+    def _resume_loop(self) -> None:
+        while not self._stop.wait(RESUME_INTERVAL_S):
+            try:
+                self.dispatch_pending()
+            except Exception:
+                log.exception("re-dispatch failed")
+
+
+def _redact(url: str) -> str:
+    """A broker URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

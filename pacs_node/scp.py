@@ -1,0 +1,267 @@
+"""The DICOM edge: association checks, C-ECHO and C-STORE into the spool and journal.
+
+Small handlers bound to pynetdicom events. A C-STORE is answered Success only after the
+bytes are fsynced under their final name and the journal row is committed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any, cast
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs_node import attrs
+from pacs_node.config import Caller, Config
+from pacs_node.journal import Journal
+from pacs_node.sender import server_tls_context
+from pacs_node.spool import Spool, check_uid
+from umsrep_core.errors import IngestError
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses (PS3.4 B.2.3, PS3.7 C).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+INVALID_SOP_INSTANCE = 0x0117
+# A-ASSOCIATE-RJ: rejected permanent, by the service user, calling / called AE not recognised.
+RJ_PERMANENT, RJ_SERVICE_USER, RJ_CALLING_AE, RJ_CALLED_AE = 0x01, 0x01, 0x03, 0x07
+
+DICOM_ROOT = "1.2.840.10008."
+UNDEFINED_LENGTH = 0xFFFFFFFF
+SEQUENCE_DELIMITER = bytes.fromhex("feffdde000000000")
+
+
+class Rejected(Exception):
+    """A C-STORE refused with a DIMSE status; the reason goes to the journal."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class AssociationLog:
+    calling_ae: str
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    failed: int = 0
+    studies: set[str] = field(default_factory=set)
+
+
+def caller_allowed(callers: list[Caller], calling_ae: str, peer_host: str) -> bool:
+    for caller in callers:
+        if caller.ae_title not in ("*", calling_ae):
+            continue
+        if caller.host is None or _same_host(caller.host, peer_host):
+            return True
+    return False
+
+
+def _same_host(a: str, b: str) -> bool:
+    try:
+        ia, ib = ip_address(a), ip_address(b)
+    except ValueError:
+        return a == b
+    # An IPv4 peer may show up as ::ffff:a.b.c.d on a dual-stack socket.
+    ia = getattr(ia, "ipv4_mapped", None) or ia
+    ib = getattr(ib, "ipv4_mapped", None) or ib
+    return ia == ib
+
+
+def incomplete(ds: Dataset, data: bytes) -> str | None:
+    """Why a parsed dataset is not whole, or None. pydicom reads a short last element
+    silently; and native pixel data shorter than its image attributes is no image."""
+    if not ds:
+        return "dataset is empty"
+    last = ds._dict[max(ds._dict)]  # raw, not yet converted: keeps the declared length
+    if isinstance(last, RawDataElement):
+        if last.length == UNDEFINED_LENGTH and not data.endswith(SEQUENCE_DELIMITER):
+            return "dataset is truncated before its last sequence delimiter"
+        if last.length != UNDEFINED_LENGTH and len(last.value or b"") < last.length:
+            return "dataset is truncated in its last element"
+    if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
+        expected = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+                    * int(ds.get("NumberOfFrames", 1) or 1)
+                    * int(ds.get("SamplesPerPixel", 1) or 1)
+                    * int(ds.get("BitsAllocated", 8) or 8) + 7) // 8
+        if len(ds.PixelData) < expected:
+            return f"pixel data has {len(ds.PixelData)} bytes, its image needs {expected}"
+    return None
+
+
+def storage_supported(sop_class_uid: str) -> bool:
+    if not sop_class_uid.startswith(DICOM_ROOT):
+        return True  # private: stored as sent
+    return issubclass(uid_to_service_class(sop_class_uid), StorageServiceClass)
+
+
+class Receiver:
+    """The node's DICOM edge. `on_release(study_keys)` runs when an association is released."""
+
+    def __init__(self, config: Config, spool: Spool, journal: Journal,
+                 on_release: Callable[[set[str]], None]) -> None:
+        self.config = config
+        self.spool = spool
+        self.journal = journal
+        self.on_release = on_release
+        self._assocs: dict[int, AssociationLog] = {}
+        self._lock = threading.Lock()
+
+    # --- association ------------------------------------------------------------------------
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+        ]
+
+    def on_requested(self, event: Event) -> None:
+        assoc: Association = event.assoc
+        request = assoc.requestor.primitive
+        assert request is not None  # EVT_REQUESTED carries the A-ASSOCIATE request
+        calling = request.calling_ae_title.strip()
+        called = request.called_ae_title.strip()
+        peer = assoc.requestor.address
+        if not caller_allowed(self.config.node.callers, calling, peer):
+            log.warning("association rejected: calling AE %r from %s is not allowed",
+                        calling, peer)
+            self._reject(assoc, RJ_CALLING_AE)
+        elif called not in self.config.node.ae_titles:
+            log.warning("association rejected: called AE %r (from %r at %s) is not ours",
+                        called, calling, peer)
+            self._reject(assoc, RJ_CALLED_AE)
+        else:
+            with self._lock:
+                self._assocs[id(assoc)] = AssociationLog(calling, peer)
+
+    @staticmethod
+    def _reject(assoc: Association, diagnostic: int) -> None:
+        assoc.acse.send_reject(RJ_PERMANENT, RJ_SERVICE_USER, diagnostic)
+        assoc.kill()  # waits until the A-ASSOCIATE-RJ has gone out, as pynetdicom's own path
+
+    def _log_of(self, assoc: Association) -> AssociationLog:
+        with self._lock:
+            return self._assocs[id(assoc)]
+
+    def on_released(self, event: Event) -> None:
+        with self._lock:
+            entry = self._assocs.get(id(event.assoc))
+        if entry is not None and entry.studies:
+            self.on_release(set(entry.studies))
+
+    def on_closed(self, event: Event) -> None:
+        with self._lock:
+            entry = self._assocs.pop(id(event.assoc), None)
+        if entry is None:
+            return
+        outcome = "released" if event.assoc.is_released else "aborted"
+        log.info("association %s: calling AE %r from %s, %d stored, %d failed, %d studies, "
+                 "%.2f s", outcome, entry.calling_ae, entry.peer, entry.stored, entry.failed,
+                 len(entry.studies), time.monotonic() - entry.started)
+
+    # --- C-STORE ----------------------------------------------------------------------------
+
+    def on_store(self, event: Event) -> int | Dataset:
+        entry = self._log_of(event.assoc)
+        request = cast(C_STORE, event.request)
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        try:
+            key = self._store(event, entry)
+        except Rejected as exc:
+            entry.failed += 1
+            log.warning("C-STORE refused (0x%04X) from %r: %s", exc.status, entry.calling_ae, exc)
+            self.journal.reject(calling_ae=entry.calling_ae, peer=entry.peer,
+                                sop_instance_uid=sop_uid[:64] or None, status=exc.status,
+                                reason=str(exc))
+            status = Dataset()
+            status.Status = exc.status
+            status.ErrorComment = str(exc)[:64]
+            return status
+        entry.stored += 1
+        entry.studies.add(key)
+        return SUCCESS
+
+    def _store(self, event: Event, entry: AssociationLog) -> str:
+        node = self.config.node
+        if self.spool.free_mb() < node.min_free_disk_mb:
+            raise Rejected(OUT_OF_RESOURCES,
+                           f"free disk below the {node.min_free_disk_mb} MB mark")
+        sop_class = str(event.request.AffectedSOPClassUID or "")
+        if not storage_supported(sop_class):
+            raise Rejected(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not storage")
+        data = event.encoded_dataset()
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except Exception as exc:  # pydicom raises many kinds on malformed data
+            raise Rejected(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
+        problem = incomplete(ds, data)
+        if problem:
+            raise Rejected(CANNOT_UNDERSTAND, problem)
+        try:
+            sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+            study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+            series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        except IngestError as exc:
+            status = INVALID_SOP_INSTANCE if "SOPInstance" in str(exc) else DATASET_MISMATCH
+            raise Rejected(status, str(exc)) from exc
+        pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) \
+            * int(ds.get("NumberOfFrames", 1) or 1)
+        if pixels > node.max_image_pixels:
+            raise Rejected(OUT_OF_RESOURCES, f"image of {pixels} pixels exceeds the maximum "
+                                             f"of {node.max_image_pixels}")
+        called = event.assoc.acceptor.ae_title.strip()
+        instance_attrs = attrs.extract(ds, entry.calling_ae, called)
+        path = self.spool.path(study_uid, series_uid, sop_uid)
+        try:
+            self.spool.write(path, data)
+        except OSError as exc:
+            raise Rejected(OUT_OF_RESOURCES, f"cannot write the spool: {exc.strerror}") from exc
+        return self.journal.add_instance(
+            study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class, transfer_syntax=str(event.context.transfer_syntax),
+            path=path, size=len(data), attrs=instance_attrs)
+
+
+def start_server(config: Config, receiver: Receiver) -> ThreadedAssociationServer:
+    """Listen on the configured address; returns the running server (non-blocking)."""
+    node = config.node
+    # Accept every proposed storage context, private SOP classes included: a modality's
+    # private objects are stored as sent; public UIDs that are not storage classes get 0x0122.
+    # pynetdicom keeps this switch per process: the node's process is the node's.
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    ae = AE(ae_title=node.ae_titles[0])
+    ae.add_supported_context(Verification)
+    ae.require_called_aet = False  # several called AE titles: checked in on_requested
+    ae.maximum_associations = node.max_associations
+    ae.maximum_pdu_size = node.max_pdu
+    ae.network_timeout = 60
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ssl_context = server_tls_context(node.tls) if node.tls is not None else None
+    server = ae.start_server((node.bind, node.port), block=False,
+                             evt_handlers=receiver.handlers(), ssl_context=ssl_context)
+    assert server is not None  # non-blocking start returns the server
+    return server

@@ -1,0 +1,82 @@
+"""The spool: each instance's bytes exactly as received, written durably.
+
+Temporary file in the final directory, fsync, atomic rename, fsync of the directory: a
+file under its final name is always whole. Names derive from UIDs, checked first, so a
+UID can never walk out of the spool.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from umsrep_core.errors import IngestError
+
+# DICOM UID grammar (PS3.5 9.1): digits and dots, no empty component, at most 64 chars.
+# Leading zeros are tolerated on input: modalities send them, and they are harmless in a path.
+UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+TEMP_SUFFIX = ".partial"
+
+
+def check_uid(value: object, name: str) -> str:
+    uid = str(value or "").strip().rstrip("\0")
+    if not uid:
+        raise IngestError(f"{name} is missing")
+    if len(uid) > 64:
+        raise IngestError(f"{name} is longer than 64 characters")
+    if not UID.match(uid):
+        raise IngestError(f"{name} {uid[:70]!r} is not a valid UID")
+    return uid
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+    def write(self, path: Path, data: bytes) -> None:
+        """Write `data` to `path` so that `path` is either absent or whole, even after a crash."""
+        self._make_dirs(path.parent)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}{TEMP_SUFFIX}")
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create the study and series folders, their new entries synced like the file's."""
+        if directory.is_dir():
+            return
+        self._make_dirs(directory.parent)
+        directory.mkdir(exist_ok=True)
+        _fsync_dir(directory.parent)
+
+    def free_mb(self) -> float:
+        return shutil.disk_usage(self.root).free / 1e6
+
+    def remove_partials(self) -> int:
+        """Delete temporary files a crash left behind; their sender never got Success."""
+        count = 0
+        for temp in self.root.rglob(f"*{TEMP_SUFFIX}"):
+            temp.unlink(missing_ok=True)
+            count += 1
+        return count
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,95 @@
+"""`umsrep studies`: what the journal knows of each study, without patient data by default."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from pacs_node.journal import Journal, Study
+
+PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+
+
+def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[str, Any]:
+    # The first time each state was entered: the stage timings of the study.
+    reached: dict[str, float] = {}
+    for event in journal.events(study.study_key):
+        reached.setdefault(event["state"], event["at"])
+    outbox: dict[str, int] = {}
+    for item in journal.outbox(study.study_key):
+        outbox[item["state"]] = outbox.get(item["state"], 0) + 1
+    report: dict[str, Any] = {
+        "study_key": study.study_key,
+        "study_instance_uid": study.study_uid,
+        "version": study.version,
+        "state": study.state,
+        "instances": count,
+        "route": study.route,
+        "reason": study.reason,
+        "created_at": study.created_at,
+        "last_instance_at": study.last_instance_at,
+        "updated_at": study.updated_at,
+        "timestamps": reached,
+        "jobs": [{k: j[k] for k in ("route", "queue", "state", "started_at", "finished_at",
+                                    "error")} for j in journal.jobs(study.study_key)],
+        "outbox": outbox,
+    }
+    if phi:
+        instances = journal.instances(study.study_key)
+        if instances:
+            ds = pydicom.dcmread(instances[0].path, stop_before_pixels=True, force=True)
+            report.update({k: str(ds.get(k, "")) for k in PHI_KEYWORDS})
+    return report
+
+
+def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False) -> int:
+    from pacs_node.node import journal_path  # noqa: PLC0415 - avoids loading pynetdicom here
+
+    path = journal_path(data_dir)
+    if not path.exists():
+        print(f"no journal at {path}: nothing received yet")
+        return 0
+    journal = Journal(path)
+    counts = journal.counts()
+    reports = [study_report(journal, s, counts.get(s.study_key, 0), phi)
+               for s in journal.studies()]
+    journal.close()
+    if as_json:
+        print(json.dumps(reports, indent=2))
+        return 0
+    print(format_table(reports, phi))
+    return 0
+
+
+def _stage(report: dict[str, Any], start: str, end: str) -> str:
+    t = report["timestamps"]
+    return f"{t[end] - t[start]:.2f}" if start in t and end in t else "-"
+
+
+def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
+    header = ["STUDY KEY", "STATE", "INST", "ROUTE", "RECEIVED", "WAIT s", "QUEUE s",
+              "RUN s", "OUTBOX", "REASON"]
+    if phi:
+        header[1:1] = ["PATIENT", "ID"]
+    rows = []
+    for r in reports:
+        finished = next((s for s in ("done", "failed") if s in r["timestamps"]), "")
+        row = [
+            r["study_key"], r["state"], str(r["instances"]), r["route"] or "-",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])),
+            _stage(r, "receiving", "complete"), _stage(r, "queued", "processing"),
+            _stage(r, "processing", finished) if finished else "-",
+            " ".join(f"{k}:{v}" for k, v in sorted(r["outbox"].items())) or "-",
+            (r["reason"] or "")[:60],
+        ]
+        if phi:
+            row[1:1] = [r.get("PatientName", ""), r.get("PatientID", "")]
+        rows.append(row)
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in [header, *rows]]
+    return "\n".join(lines) if rows else "no studies"

@@ -1,0 +1,132 @@
+"""Shared fixtures: free ports, sample studies, the node as a subprocess, dcmtk's storescu."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+STORESCU = "/usr/bin/storescu"  # dcmtk's; pynetdicom installs a same-named script on PATH
+UMSREP = [sys.executable, "-m", "pacs_node.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
+                  ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def storescu(port: int, paths: list[Path], *, aec: str = "UMSREP", aet: str = "TESTSCU",
+             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([STORESCU, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port),
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+
+
+@dataclass
+class ServedNode:
+    proc: subprocess.Popen[str]
+    port: int
+    data_dir: Path
+    config_path: Path
+    log_path: Path
+
+    def umsrep(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*UMSREP, *args], capture_output=True, text=True, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
+def node_config(data_dir: Path, port: int, **sections: Any) -> dict[str, Any]:
+    """A config for a test node: the defaults' routing, loopback callers, given overrides."""
+    from pacs_node.config import DEFAULTS_FILE
+
+    config = yaml.safe_load(DEFAULTS_FILE.read_text())
+    config["node"].update(port=port, data_dir=str(data_dir), min_free_disk_mb=0)
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(name), dict):
+            config[name] = {**config[name], **value}
+        else:
+            config[name] = value
+    return config
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Start `umsrep serve` as a subprocess: serve(**config sections) -> ServedNode."""
+    nodes: list[ServedNode] = []
+
+    def start(config: dict[str, Any] | None = None, *, data_dir: Path | None = None,
+              port: int | None = None) -> ServedNode:
+        port = port or free_port()
+        data_dir = data_dir or tmp_path / "data"
+        config = config or node_config(data_dir, port)
+        config["node"]["port"] = port
+        config["node"]["data_dir"] = str(data_dir)
+        config_path = tmp_path / f"config-{len(nodes)}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        log_path = tmp_path / f"node-{len(nodes)}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([*UMSREP, "serve", "--config", str(config_path)],
+                                    stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        node = ServedNode(proc, port, data_dir, config_path, log_path)
+        nodes.append(node)
+        wait_for_port(port, proc=proc)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop(signal.SIGKILL if node.proc.poll() is None else signal.SIGTERM)
+
+
+@pytest.fixture
+def study_files(tmp_path: Path) -> Any:
+    """study_files(kind, count, seed, **kw) -> list of written sample DICOM files."""
+    from pacs_node import samples
+
+    def write(kind: str = "cr", count: int = 1, seed: int = 0, **kw: Any) -> list[Path]:
+        kw.setdefault("rows", 256)
+        kw.setdefault("columns", 256)
+        out = tmp_path / f"samples-{kind}-{seed}"
+        return samples.write_study(out, kind, seed, count, **kw)
+
+    return write
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout} s")

@@ -1,0 +1,127 @@
+"""Dispatch of routed studies: a Celery message on the machine's Redis, or the embedded pool."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from pacs_node.config import Config
+from pacs_node.node import Node
+from tests.conftest import node_config, storescu, wait_until
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def make_node(tmp_path: Path, handler: Any = None, **sections: Any) -> Node:
+    raw = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 0.5}, **sections)
+    config = Config.model_validate(yaml.safe_load(yaml.safe_dump(raw)))
+    return Node(config, handler=handler)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Any]:
+    nodes: list[Node] = []
+
+    def start(**kw: Any) -> Node:
+        node = make_node(tmp_path, **kw)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def test_routed_study_becomes_a_celery_message_on_the_route_queue(
+        running: Any, study_files: Any) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete("cxr", "echo_doppler")
+    node = running(broker={"url": REDIS_URL})
+    files = study_files("cr")
+    assert storescu(node.port, files).returncode == 0
+    raw = wait_until(lambda: client.lrange("cxr", 0, -1), timeout=20)
+    assert len(raw) == 1
+    message = json.loads(raw[0])
+    assert message["headers"]["task"] == "umsrep.process_study"
+    assert message["content-type"] == "application/json"
+    assert message["properties"]["delivery_info"]["routing_key"] == "cxr"
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    study = node.journal.studies()[0]
+    assert args == [study.study_key, "chest-xray"] and kwargs == {}
+    assert study.state == "queued"
+    assert node.journal.jobs(study.study_key)[0]["dispatched_at"] is not None
+    assert client.llen("echo_doppler") == 0
+    client.delete("cxr")
+
+
+def test_unreachable_broker_defers_dispatch_without_losing_the_study(
+        running: Any, study_files: Any) -> None:
+    node = running(broker={"url": "redis://127.0.0.1:1/0"})
+    assert storescu(node.port, study_files("cr")).returncode == 0
+    study = wait_until(lambda: [s for s in node.journal.studies() if s.state == "queued"])[0]
+    job = node.journal.jobs(study.study_key)[0]
+    assert job["state"] == "queued" and job["dispatched_at"] is None
+
+
+def test_embedded_pool_runs_the_handler_and_records_its_outcome(
+        running: Any, study_files: Any) -> None:
+    seen: list[tuple[str, str]] = []
+    ran = threading.Event()
+
+    def handler(study_key: str, route: str) -> None:
+        seen.append((study_key, route))
+        ran.set()
+        if route == "echo-doppler":
+            raise ValueError("no spectral envelope found")
+
+    node = running(handler=handler)
+    assert storescu(node.port, study_files("cr")).returncode == 0
+    assert storescu(node.port, study_files("us_doppler", seed=1)).returncode == 0
+    settled = wait_until(lambda: (s := node.journal.studies()) and len(s) == 2
+                         and all(x.state in ("done", "failed") for x in s) and s)
+    states = {s.route: s for s in settled}
+    assert states["chest-xray"].state == "done"
+    assert states["echo-doppler"].state == "failed"
+    assert "ValueError: no spectral envelope found" in (states["echo-doppler"].reason or "")
+    assert sorted(r for _, r in seen) == ["chest-xray", "echo-doppler"]
+    job = node.journal.jobs(states["chest-xray"].study_key)[0]
+    assert job["state"] == "done" and job["started_at"] <= job["finished_at"]
+    timeline = [e["state"] for e in node.journal.events(states["chest-xray"].study_key)]
+    assert timeline == ["receiving", "complete", "queued", "processing", "done"]
+
+
+def test_no_installed_handler_fails_the_job_with_a_clear_reason(
+        running: Any, study_files: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pacs_node.node.installed_handler", lambda: None)
+    node = running()
+    assert storescu(node.port, study_files("cr")).returncode == 0
+    study = wait_until(lambda: [s for s in node.journal.studies() if s.state == "failed"])[0]
+    assert "no handler installed for umsrep.process_study" in (study.reason or "")
+
+
+def test_restart_redispatches_interrupted_jobs(tmp_path: Path, study_files: Any) -> None:
+    node = make_node(tmp_path, broker={"url": "redis://127.0.0.1:1/0"})
+    node.start()
+    assert storescu(node.port, study_files("cr")).returncode == 0
+    key = wait_until(lambda: [s.study_key for s in node.journal.studies()
+                              if s.state == "queued"])[0]
+    node.stop()
+    done = threading.Event()
+    restarted = make_node(tmp_path, handler=lambda k, r: done.set())
+    restarted.start()
+    try:
+        assert done.wait(20)
+        wait_until(lambda: restarted.journal.study(key).state == "done")  # type: ignore[union-attr]
+    finally:
+        restarted.stop()

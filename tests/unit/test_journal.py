@@ -1,0 +1,91 @@
+"""The journal's state machine, versions, jobs and outbox, on a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from pacs_node.attrs import InstanceAttrs
+from pacs_node.journal import Journal
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(tmp_path / "journal.db")
+
+
+def add(journal: Journal, sop: str, study: str = "1.2.3") -> str:
+    return journal.add_instance(study_uid=study, series_uid=f"{study}.1", sop_instance_uid=sop,
+                                sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+                                transfer_syntax="1.2.840.10008.1.2.1", path=Path(f"/s/{sop}"),
+                                size=10, attrs=InstanceAttrs(modality="CR"))
+
+
+def test_wal_mode_and_resend_stores_once(journal: Journal) -> None:
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    key = add(journal, "1.2.3.1.1")
+    assert add(journal, "1.2.3.1.1") == key
+    assert [i.sop_instance_uid for i in journal.instances(key)] == ["1.2.3.1.1"]
+    assert journal.study(key).state == "receiving"  # type: ignore[union-attr]
+
+
+def test_late_instance_reopens_a_complete_study_as_a_new_version(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    assert journal.set_state(key, "complete", expect=("receiving",))
+    assert not journal.set_state(key, "complete", expect=("receiving",))  # only once
+    key2 = add(journal, "1.2.3.1.2")
+    assert (key, key2) == ("1.2.3@1", "1.2.3@2")
+    assert journal.events(key2)[0]["detail"] == "reopened after 1.2.3@1"
+    assert len(journal.instances(key)) == 1 and len(journal.instances(key2)) == 1
+
+
+def test_study_state_follows_its_jobs(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    journal.add_job(key, "a", "cxr")
+    journal.add_job(key, "b", "cxr")
+    journal.set_state(key, "queued")
+    journal.start_job(key, "a")
+    assert journal.study(key).state == "processing"  # type: ignore[union-attr]
+    journal.finish_job(key, "a")
+    assert journal.study(key).state == "queued"  # type: ignore[union-attr]
+    journal.start_job(key, "b")
+    journal.finish_job(key, "b", error="InferenceError: bad pixels")
+    study = journal.study(key)
+    assert study is not None and study.state == "failed"
+    assert "bad pixels" in (study.reason or "")
+
+
+def test_requeue_after_stop(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    journal.add_job(key, "a", "cxr")
+    journal.job_dispatched(key, "a")
+    journal.start_job(key, "a")
+    assert journal.requeue_jobs() == 1
+    job = journal.jobs(key)[0]
+    assert job["state"] == "queued" and job["dispatched_at"] is None
+
+
+def test_outbox_dedupes_and_backs_off(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    assert journal.enqueue(key, "pacs", [Path("/s/a"), Path("/s/b")]) == 2
+    assert journal.enqueue(key, "pacs", [Path("/s/a")]) == 0
+    items = journal.due()
+    assert [i.path for i in items] == ["/s/a", "/s/b"]
+    journal.sent(items[0].id)
+    journal.send_failed(items[1].id, "refused", retry_at=1e18)
+    assert journal.due() == []
+    journal.send_failed(items[1].id, "refused", retry_at=None)
+    states = {o["path"]: (o["state"], o["attempts"]) for o in journal.outbox(key)}
+    assert states == {"/s/a": ("sent", 1), "/s/b": ("failed", 2)}
+
+
+def test_concurrent_writers_from_threads(journal: Journal) -> None:
+    threads = [threading.Thread(target=lambda n=n: [add(journal, f"1.2.3.{n}.{i}")
+                                                     for i in range(20)]) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert journal.counts() == {"1.2.3@1": 80}

@@ -1,0 +1,1 @@
+"""DICOM pixels to model arrays and back, with the geometry kept."""
