@@ -20,7 +20,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     node = Node(config)
-    node.start()
     stopped = threading.Event()
 
     def reload(signum: int, frame: object) -> None:
@@ -34,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGHUP, reload)
+    node.start()  # after the handlers: a signal at any time after listening is handled
     stopped.wait()
     log.info("stopping")
     node.stop()

@@ -10,17 +10,21 @@ import io
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, cast
 
-import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]
@@ -48,6 +52,9 @@ RJ_PERMANENT, RJ_SERVICE_USER, RJ_CALLING_AE, RJ_CALLED_AE = 0x01, 0x01, 0x03, 0
 DICOM_ROOT = "1.2.840.10008."
 UNDEFINED_LENGTH = 0xFFFFFFFF
 SEQUENCE_DELIMITER = bytes.fromhex("feffdde000000000")
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+PREAMBLE = b"\x00" * 128 + b"DICM"
+DEFER_BYTES = 4096  # values larger than this are not read: only their length is checked
 
 
 class Rejected(Exception):
@@ -88,24 +95,42 @@ def _same_host(a: str, b: str) -> bool:
     return ia == ib
 
 
-def incomplete(ds: Dataset, data: bytes) -> str | None:
-    """Why a parsed dataset is not whole, or None. pydicom reads a short last element
-    silently; and native pixel data shorter than its image attributes is no image."""
+def parse(received: io.BytesIO, syntax: UID) -> tuple[Dataset, int]:
+    """The dataset as received, large values deferred (not read); and the parsed length."""
+    stream = received
+    if syntax.is_deflated:
+        stream = io.BytesIO(zlib.decompress(received.getvalue(), -zlib.MAX_WBITS))
+    stream.seek(0)
+    ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
+                      defer_size=DEFER_BYTES)
+    return ds, len(stream.getbuffer())
+
+
+def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
+    """Why a parsed dataset is not whole, or None.
+
+    pydicom reads a short last element silently, so the declared lengths of the raw
+    elements are checked against the bytes received; and native pixel data shorter than
+    its image attributes is no image.
+    """
     if not ds:
         return "dataset is empty"
-    last = ds._dict[max(ds._dict)]  # raw, not yet converted: keeps the declared length
+    last = ds._dict[max(ds._dict)]
     if isinstance(last, RawDataElement):
-        if last.length == UNDEFINED_LENGTH and not data.endswith(SEQUENCE_DELIMITER):
-            return "dataset is truncated before its last sequence delimiter"
-        if last.length != UNDEFINED_LENGTH and len(last.value or b"") < last.length:
+        if last.length == UNDEFINED_LENGTH:
+            if last.value_tell + len(last.value or b"") + len(SEQUENCE_DELIMITER) > length:
+                return "dataset is truncated before its last sequence delimiter"
+        elif last.value_tell + last.length > length:
             return "dataset is truncated in its last element"
-    if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
+    pixels = ds._dict.get(PIXEL_DATA)
+    if pixels is not None and not syntax.is_compressed:
+        size = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value)
         expected = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
                     * int(ds.get("NumberOfFrames", 1) or 1)
                     * int(ds.get("SamplesPerPixel", 1) or 1)
                     * int(ds.get("BitsAllocated", 8) or 8) + 7) // 8
-        if len(ds.PixelData) < expected:
-            return f"pixel data has {len(ds.PixelData)} bytes, its image needs {expected}"
+        if size < expected:
+            return f"pixel data has {size} bytes, its image needs {expected}"
     return None
 
 
@@ -212,12 +237,13 @@ class Receiver:
         sop_class = str(event.request.AffectedSOPClassUID or "")
         if not storage_supported(sop_class):
             raise Rejected(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not storage")
-        data = event.encoded_dataset()
+        received = cast(io.BytesIO, cast(C_STORE, event.request).DataSet)
+        syntax = event.context.transfer_syntax
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds, parsed_len = parse(received, syntax)
         except Exception as exc:  # pydicom raises many kinds on malformed data
             raise Rejected(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
-        problem = incomplete(ds, data)
+        problem = incomplete(ds, parsed_len, syntax)
         if problem:
             raise Rejected(CANNOT_UNDERSTAND, problem)
         try:
@@ -235,14 +261,17 @@ class Receiver:
         called = event.assoc.acceptor.ae_title.strip()
         instance_attrs = attrs.extract(ds, entry.calling_ae, called)
         path = self.spool.path(study_uid, series_uid, sop_uid)
+        head = PREAMBLE + encode_file_meta(event.file_meta)
         try:
-            self.spool.write(path, data)
+            with received.getbuffer() as body:  # the bytes as received, not copied
+                self.spool.write(path, head, body)
+                size = len(head) + len(body)
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"cannot write the spool: {exc.strerror}") from exc
         return self.journal.add_instance(
             study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class, transfer_syntax=str(event.context.transfer_syntax),
-            path=path, size=len(data), attrs=instance_attrs)
+            sop_class_uid=sop_class, transfer_syntax=str(syntax),
+            path=path, size=size, attrs=instance_attrs)
 
 
 def start_server(config: Config, receiver: Receiver) -> ThreadedAssociationServer:

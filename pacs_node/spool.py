@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 from umsrep_core.errors import IngestError
@@ -39,13 +40,14 @@ class Spool:
     def path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
 
-    def write(self, path: Path, data: bytes) -> None:
-        """Write `data` to `path` so that `path` is either absent or whole, even after a crash."""
+    def write(self, path: Path, *parts: bytes | memoryview) -> None:
+        """Write the parts to `path` so that `path` is absent or whole, even after a crash."""
         self._make_dirs(path.parent)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}{TEMP_SUFFIX}")
+        temp = path.with_name(f".{path.name}.{threading.get_ident():x}{TEMP_SUFFIX}")
         try:
             with open(temp, "wb") as f:
-                f.write(data)
+                for part in parts:
+                    f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)
