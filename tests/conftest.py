@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 STORESCU = "/usr/bin/storescu"  # dcmtk's; pynetdicom installs a same-named script on PATH
+ECHOSCU = "/usr/bin/echoscu"
 UMSREP = [sys.executable, "-m", "pacs_node.cli"]
 
 
@@ -27,14 +28,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
-                  ) -> None:
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None,
+                  echo_ae: str | None = None, calling_ae: str = "ECHOSCU") -> None:
+    """Wait until the port listens; with `echo_ae`, until a C-ECHO to that AE succeeds.
+
+    A bare TCP probe makes a pynetdicom SCP hold an association slot until its ACSE
+    timeout (it waits for an A-ASSOCIATE-RQ that never comes); a C-ECHO releases properly.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
+        if echo_ae is not None:
+            echo = subprocess.run([ECHOSCU, "-aet", calling_ae, "-aec", echo_ae, "127.0.0.1",
+                                   str(port)],
+                                  capture_output=True, timeout=30)
+            if echo.returncode == 0:
+                return
+        else:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
@@ -100,7 +113,10 @@ def serve(tmp_path: Path) -> Iterator[Any]:
                                     stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
         node = ServedNode(proc, port, data_dir, config_path, log_path)
         nodes.append(node)
-        wait_for_port(port, proc=proc)
+        plain = config["node"].get("tls") is None
+        caller = (config["node"].get("callers") or [{}])[0].get("ae_title", "*")
+        wait_for_port(port, proc=proc, echo_ae=config["node"]["ae_titles"][0] if plain else None,
+                      calling_ae="ECHOSCU" if caller == "*" else caller)
         return node
 
     yield start

@@ -130,3 +130,23 @@ def test_json_logs_one_object_per_line(tmp_path: Path, study_files: Any) -> None
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])
     assert any(line["msg"].startswith("association released") for line in lines)
     assert proc.returncode == 0
+
+
+def test_association_and_pdu_limits(serve: Any, tmp_path: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    node = serve(node_config(tmp_path / "data", 0,
+                             node={"max_associations": 1, "max_pdu": 65536}))
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    first = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
+    assert first.is_established
+    assert first.acceptor.maximum_length == 65536
+    second = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
+    assert second.is_rejected  # local limit exceeded, transient: the sender may retry
+    first.release()
+    # The slot frees once the node's side of the released association has ended.
+    third = wait_until(lambda: (a := ae.associate("127.0.0.1", node.port, ae_title="UMSREP"))
+                       .is_established and a, timeout=5)
+    third.release()

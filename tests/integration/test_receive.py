@@ -16,11 +16,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
-from tests.conftest import node_config, storescu, wait_until
+from tests.conftest import ECHOSCU, node_config, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 
-ECHOSCU = "/usr/bin/echoscu"
 CR = ComputedRadiographyImageStorage
 
 
