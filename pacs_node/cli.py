@@ -59,6 +59,18 @@ def _studies(args: argparse.Namespace) -> int:
     return list_studies(data_dir, as_json=args.json, phi=args.phi)
 
 
+def _outbox_retry(args: argparse.Namespace) -> int:
+    from pacs_node.journal import Journal  # noqa: PLC0415
+    from pacs_node.node import journal_path  # noqa: PLC0415
+
+    data_dir = args.data_dir or _config(args).node.data_dir
+    journal = Journal(journal_path(data_dir))
+    count = journal.retry_failed(args.destination)
+    journal.close()
+    print(f"{count} failed item(s) queued again; a running node sends them within seconds")
+    return 0
+
+
 def _routes_check(args: argparse.Namespace) -> int:
     from pacs_node import routes_cmd  # noqa: PLC0415
 
@@ -135,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     node_options(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--phi", action="store_true", help="also show patient name and ID")
+
+    p = command("retry", _outbox_retry, "queue failed outbox items again (after fixing a "
+                "destination)")
+    node_options(p)
+    p.add_argument("--destination", help="only this destination's items")
 
     routes = command("routes", lambda a: 2, "check and dry-run routing rules")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ACTION")

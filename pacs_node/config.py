@@ -94,6 +94,11 @@ class Destination(Strict):
     tls: TLS | None = None
     folder: Path | None = None
 
+    @field_validator("ae_title")
+    @classmethod
+    def _check_title(cls, v: str | None) -> str | None:
+        return None if v is None else _ae_title(v)
+
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:
         network = (self.ae_title, self.host, self.port)
@@ -102,8 +107,6 @@ class Destination(Strict):
                 raise ValueError("a folder destination takes no ae_title, host, port or tls")
         elif any(x is None for x in network):
             raise ValueError("a DICOM destination needs ae_title, host and port (or give folder)")
-        if self.ae_title is not None:
-            _ae_title(self.ae_title)
         return self
 
 

@@ -42,6 +42,7 @@ def installed_handler(name: str = TASK_NAME) -> Handler | None:
 def run_job(journal: Journal, study_key: str, route: str, handler: Handler | None) -> None:
     """Run one job and record its start and outcome in the journal (both dispatch paths)."""
     journal.start_job(study_key, route)
+    log.info("study %s: job %s started", study_key, route)
     try:
         if handler is None:
             raise LookupError(f"no handler installed for {TASK_NAME} (entry point group "
@@ -52,6 +53,7 @@ def run_job(journal: Journal, study_key: str, route: str, handler: Handler | Non
         journal.finish_job(study_key, route, error=f"{type(exc).__name__}: {exc}")
     else:
         journal.finish_job(study_key, route)
+        log.info("study %s: job %s done", study_key, route)
 
 
 class EmbeddedDispatcher:

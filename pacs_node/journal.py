@@ -384,6 +384,14 @@ class Journal:
                 "state = ?, next_attempt_at = COALESCE(?, next_attempt_at) WHERE id = ?",
                 (error, "pending" if retry_at is not None else "failed", retry_at, item_id))
 
+    def retry_failed(self, destination: str | None = None) -> int:
+        """Put failed outbox items back in line, e.g. once a destination has been fixed."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? "
+                "WHERE state = 'failed' AND (? IS NULL OR destination = ?)",
+                (time.time(), destination, destination)).rowcount
+
     def outbox(self, key: str | None = None) -> list[dict[str, Any]]:
         if key is None:
             return [dict(r) for r in self._query("SELECT * FROM outbox ORDER BY id")]

@@ -89,3 +89,15 @@ def test_concurrent_writers_from_threads(journal: Journal) -> None:
     for t in threads:
         t.join()
     assert journal.counts() == {"1.2.3@1": 80}
+
+
+def test_failed_items_can_be_retried(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    journal.enqueue(key, "pacs", [Path("/s/a")])
+    journal.enqueue(key, "other", [Path("/s/a")])
+    for item in journal.due():
+        journal.send_failed(item.id, "down", retry_at=None)
+    assert journal.due() == []
+    assert journal.retry_failed("pacs") == 1
+    assert [(i.destination, i.attempts) for i in journal.due()] == [("pacs", 0)]
+    assert journal.retry_failed() == 1

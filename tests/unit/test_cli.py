@@ -1,0 +1,52 @@
+"""The `umsrep` command line: exit codes, one clear line per error, small commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pacs_node.journal import Journal
+from tests.unit.test_journal import add
+
+UMSREP = [sys.executable, "-m", "pacs_node.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*UMSREP, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_broken_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("node:\n  port: nope\n")
+    result = run("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"umsrep: error: {config}:2: node.port:")
+    assert "Traceback" not in result.stderr
+
+
+def test_studies_on_an_empty_data_dir(tmp_path: Path) -> None:
+    result = run("studies", "--data-dir", str(tmp_path))
+    assert result.returncode == 0 and "nothing received yet" in result.stdout
+
+
+def test_retry_puts_failed_items_back(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    key = add(journal, "1.2.3.1.1")
+    journal.enqueue(key, "pacs", [Path("/s/a")])
+    journal.send_failed(journal.due()[0].id, "refused", retry_at=None)
+    journal.close()
+    result = run("retry", "--data-dir", str(tmp_path), "--destination", "pacs")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("1 failed item(s) queued again")
+    assert [o["state"] for o in Journal(tmp_path / "journal.db").outbox()] == ["pending"]
+
+
+def test_echo_to_nobody_fails_clearly() -> None:
+    from tests.conftest import free_port
+
+    result = run("echo", "127.0.0.1", str(free_port()))
+    assert result.returncode == 6  # DeliveryError
+    last = result.stderr.strip().splitlines()[-1]  # after pynetdicom's own error lines
+    assert last.startswith("umsrep: error:") and "connection failed" in last
+    assert "Traceback" not in result.stderr
