@@ -140,13 +140,15 @@ def test_association_and_pdu_limits(serve: Any, tmp_path: Path) -> None:
                              node={"max_associations": 1, "max_pdu": 65536}))
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(Verification)
-    first = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
-    assert first.is_established
+
+    def associate() -> Any:
+        # A released association holds its slot until the node's side of it has ended.
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
+        return assoc if assoc.is_established else None
+
+    first = wait_until(associate, timeout=5)  # the fixture's C-ECHO probe just released
     assert first.acceptor.maximum_length == 65536
     second = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
     assert second.is_rejected  # local limit exceeded, transient: the sender may retry
     first.release()
-    # The slot frees once the node's side of the released association has ended.
-    third = wait_until(lambda: (a := ae.associate("127.0.0.1", node.port, ae_title="UMSREP"))
-                       .is_established and a, timeout=5)
-    third.release()
+    wait_until(associate, timeout=5).release()
