@@ -152,3 +152,25 @@ def test_association_and_pdu_limits(serve: Any, tmp_path: Path) -> None:
     assert second.is_rejected  # local limit exceeded, transient: the sender may retry
     first.release()
     wait_until(associate, timeout=5).release()
+
+
+def test_no_config_runs_on_the_packaged_defaults_with_overrides(tmp_path: Path,
+                                                                study_files: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_for_port
+
+    port, data_dir = free_port(), tmp_path / "elsewhere"
+    proc = subprocess.Popen([sys.executable, "-m", "pacs_node.cli", "serve", "--port", str(port),
+                             "--data-dir", str(data_dir), "--ae-title", "OTHERAE"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        wait_for_port(port, proc=proc, echo_ae="OTHERAE")
+        assert storescu(port, study_files("cr"), aec="OTHERAE").returncode == 0
+        assert storescu(port, study_files("cr"), aec="UMSREP").returncode != 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert f"listening on 127.0.0.1:{port} as OTHERAE" in err
+    assert (data_dir / "journal.db").exists() and not (tmp_path / "umsrep-data").exists()
