@@ -10,7 +10,6 @@ a crash between sending and marking resends the file, which a peer stores once b
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 from pacs_node.config import Config, Destination, Retry
 from pacs_node.journal import Journal, OutboxItem
 from pacs_node.sender import SendAborted, send_files
+from pacs_node.spool import write_durably
 from umsrep_core.errors import UmsrepError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ POLL_INTERVAL_S = 0.5
 # Up to this fraction is taken off a batch's delays, so that destinations' retries spread out;
 # one draw per batch, so that the items of a batch are retried together, in one association.
 JITTER = 0.1
-TEMP_SUFFIX = ".partial"
+
 _UNSAFE = re.compile(r"[^0-9A-Za-z.@_-]")  # a study key becomes a folder name
 _MAX_EXPONENT = 60  # 2**60 s is past any cap; a larger exponent would overflow a float
 
@@ -48,22 +48,8 @@ def _folder_name(name: str) -> str:
 def copy_atomically(source: Path, target: Path) -> None:
     """Copy so that `target` is absent or whole, even after a crash."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident():x}"
-                            f"{TEMP_SUFFIX}")
-    try:
-        with open(source, "rb") as src, open(temp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fd = os.open(target.parent, os.O_RDONLY)  # the rename itself is durable once synced
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(source, "rb") as src:
+        write_durably(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
 
 
 class Deliverer:

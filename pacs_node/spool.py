@@ -11,7 +11,9 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from umsrep_core.errors import IngestError
 
@@ -43,18 +45,12 @@ class Spool:
     def write(self, path: Path, *parts: bytes | memoryview) -> None:
         """Write the parts to `path` so that `path` is absent or whole, even after a crash."""
         self._make_dirs(path.parent)
-        temp = path.with_name(f".{path.name}.{threading.get_ident():x}{TEMP_SUFFIX}")
-        try:
-            with open(temp, "wb") as f:
-                for part in parts:
-                    f.write(part)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+
+        def fill(f: BinaryIO) -> None:
+            for part in parts:
+                f.write(part)
+
+        write_durably(path, fill)
 
     def _make_dirs(self, directory: Path) -> None:
         """Create the study and series folders, their new entries synced like the file's."""
@@ -74,6 +70,21 @@ class Spool:
             temp.unlink(missing_ok=True)
             count += 1
         return count
+
+
+def write_durably(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Temporary file beside `path`, filled, fsynced, renamed over `path`, directory synced."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # the rename itself is durable once the directory is synced
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,7 +13,8 @@ import pytest
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Config
 from pacs_node.journal import Journal
-from pacs_node.outbox import TEMP_SUFFIX, Deliverer
+from pacs_node.outbox import Deliverer
+from pacs_node.spool import TEMP_SUFFIX
 from tests.conftest import free_port, wait_until
 from tests.integration.conftest import sop_uid
 
