@@ -125,13 +125,20 @@ def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
     pixels = ds._dict.get(PIXEL_DATA)
     if pixels is not None and not syntax.is_compressed:
         size = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value)
-        expected = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
-                    * int(ds.get("NumberOfFrames", 1) or 1)
-                    * int(ds.get("SamplesPerPixel", 1) or 1)
-                    * int(ds.get("BitsAllocated", 8) or 8) + 7) // 8
+        expected = (image_pixels(ds) * _number(ds, "SamplesPerPixel", 1)
+                    * _number(ds, "BitsAllocated", 8) + 7) // 8
         if size < expected:
             return f"pixel data has {size} bytes, its image needs {expected}"
     return None
+
+
+def _number(ds: Dataset, keyword: str, default: int) -> int:
+    return int(ds.get(keyword, default) or default)
+
+
+def image_pixels(ds: Dataset) -> int:
+    """Rows x columns x frames: what the image-size limit counts."""
+    return _number(ds, "Rows", 0) * _number(ds, "Columns", 0) * _number(ds, "NumberOfFrames", 1)
 
 
 def storage_supported(sop_class_uid: str) -> bool:
@@ -253,8 +260,7 @@ class Receiver:
         except IngestError as exc:
             status = INVALID_SOP_INSTANCE if "SOPInstance" in str(exc) else DATASET_MISMATCH
             raise Rejected(status, str(exc)) from exc
-        pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) \
-            * int(ds.get("NumberOfFrames", 1) or 1)
+        pixels = image_pixels(ds)
         if pixels > node.max_image_pixels:
             raise Rejected(OUT_OF_RESOURCES, f"image of {pixels} pixels exceeds the maximum "
                                              f"of {node.max_image_pixels}")
