@@ -1,0 +1,233 @@
+"""The UMS-Rep network: one U-Net style encoder whose features feed every task head.
+
+Compute sits in the encoder (two 3x3 convolutions per level, channels doubling per level); the
+decoders are light feature-pyramid paths (a 1x1 lateral from each skip, upsample-and-add, one
+3x3 convolution per level, none at full resolution). That is what lets one shared encoder with
+three heads cost about 40 % of three separate models: the part that is shared is the part
+that costs. The denoising head predicts a residual on its input; the segmentation head gives one
+logit per label (multi-label: labels may overlap); the classification head pools the bottleneck.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Self
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "HEADS",
+    "STRATEGIES",
+    "ClassHead",
+    "Encoder",
+    "ModelConfig",
+    "SingleTask",
+    "UMSRep",
+    "UNetDecoder",
+    "count_parameters",
+    "set_trainable",
+]
+
+HEADS = ("denoise", "segment", "classify")
+STRATEGIES = ("frozen", "partial", "full")
+Features = tuple[list[Tensor], Tensor]  # skip features (full resolution first), bottleneck
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    in_channels: int = 1
+    width: int = 16  # encoder channels at full resolution, doubled at each level
+    depth: int = 4  # downsampling steps: the bottleneck is input_size / 2**depth
+    n_seg: int = 3  # segmentation labels
+    n_classes: int = 2
+    input_size: int = 256
+    dec_width: int = 16  # decoder channels at half resolution, doubled at each level down
+    norm: Literal["batch", "group"] = "batch"
+    hidden: int = 64  # the classification MLP's hidden units
+    dropout: float = 0.2  # before the classifier's last layer
+
+    def __post_init__(self) -> None:
+        if min(self.in_channels, self.width, self.depth, self.n_seg, self.n_classes,
+               self.dec_width, self.hidden) < 1:
+            raise ValueError(f"every size of {self} must be positive")
+        if self.input_size % 2**self.depth:
+            raise ValueError(f"input_size {self.input_size} is not a multiple of "
+                             f"2**depth = {2**self.depth}")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"norm {self.norm!r} is not 'batch' or 'group'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model_config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.BatchNorm2d(channels)
+
+
+def _conv(cin: int, cout: int, norm: str, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+                         _norm(norm, cout), nn.ReLU(inplace=True))
+
+
+class Encoder(nn.Module):
+    """depth + 1 blocks of two 3x3 conv-norm-ReLU; a 2x2 max-pool before every block but the
+    first. Returns the first depth blocks' outputs (the skips) and the last (the bottleneck)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.channels = [config.width * 2**i for i in range(config.depth + 1)]
+        cins = [config.in_channels, *self.channels[:-1]]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(_conv(cin, cout, config.norm), _conv(cout, cout, config.norm))
+            for cin, cout in zip(cins, self.channels, strict=True))
+
+    def forward(self, x: Tensor) -> Features:
+        skips: list[Tensor] = []
+        for index, block in enumerate(self.blocks):
+            x = block(F.max_pool2d(x, 2) if index else x)
+            skips.append(x)
+        return skips[:-1], skips[-1]
+
+
+class UNetDecoder(nn.Module):
+    """Top-down path over the encoder's skips to `out_channels` maps at input resolution.
+
+    Levels below full resolution: upsample, add a 1x1 lateral of the skip, one 3x3 conv. The
+    full-resolution level is linear (a 1x1 of the first skip plus the upsampled half-resolution
+    prediction): it is the costliest level per channel, and the encoder's first block already
+    holds the full-resolution detail.
+    """
+
+    def __init__(self, config: ModelConfig, out_channels: int) -> None:
+        super().__init__()
+        enc = [config.width * 2**i for i in range(config.depth + 1)]
+        dec = {i: config.dec_width * 2 ** (i - 1) for i in range(1, config.depth + 1)}
+        inner = range(1, config.depth)  # the levels between full resolution and the bottleneck
+        self.top = _conv(enc[-1], dec[config.depth], config.norm, kernel=1)
+        self.reduce = nn.ModuleList(nn.Conv2d(dec[i + 1], dec[i], 1, bias=False) for i in inner)
+        self.lateral = nn.ModuleList(_conv(enc[i], dec[i], config.norm, kernel=1) for i in inner)
+        self.smooth = nn.ModuleList(_conv(dec[i], dec[i], config.norm) for i in inner)
+        self.coarse = nn.Conv2d(dec[1], out_channels, 1)
+        self.fine = nn.Conv2d(enc[0], out_channels, 1, bias=False)
+
+    def forward(self, features: Features) -> Tensor:
+        skips, x = features
+        x = self.top(x)
+        for i in range(len(skips) - 2, -1, -1):  # i = level - 1
+            skip = skips[i + 1]
+            # Nearest is enough where a 3x3 conv follows, and cheaper than bilinear.
+            x = F.interpolate(self.reduce[i](x), size=skip.shape[-2:], mode="nearest")
+            x = self.smooth[i](x + self.lateral[i](skip))
+        out: Tensor = F.interpolate(self.coarse(x), size=skips[0].shape[-2:], mode="bilinear",
+                                    align_corners=False) + self.fine(skips[0])
+        return out
+
+
+class ClassHead(nn.Module):
+    """Global average and max pooling of the bottleneck, then a small MLP. Max pooling keeps a
+    small finding (a nodule) from being averaged away."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        channels = config.width * 2**config.depth
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, config.hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(config.dropout), nn.Linear(config.hidden,
+                                                                       config.n_classes))
+
+    def forward(self, features: Features) -> Tensor:
+        bottleneck = features[1]
+        pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))], dim=1)
+        logits: Tensor = self.mlp(pooled)
+        return logits
+
+
+class UMSRep(nn.Module):
+    """One encoder, and the heads named in `heads` (default: all of HEADS)."""
+
+    def __init__(self, config: ModelConfig | None = None, heads: Sequence[str] = HEADS) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        unknown = [h for h in heads if h not in HEADS]
+        if unknown or not heads:
+            raise ValueError(f"heads {list(heads)}: choose one or more of {HEADS}")
+        self.encoder = Encoder(self.config)
+        builders = {"denoise": lambda: UNetDecoder(self.config, self.config.in_channels),
+                    "segment": lambda: UNetDecoder(self.config, self.config.n_seg),
+                    "classify": lambda: ClassHead(self.config)}
+        self.heads = nn.ModuleDict({h: builders[h]() for h in HEADS if h in heads})
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.heads.keys())
+
+    def forward(self, x: Tensor, heads: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Every requested head's output (default: all this model has), from ONE encoder pass.
+
+        denoise: the clean image, (N, in_channels, H, W); segment: logits (N, n_seg, H, W);
+        classify: logits (N, n_classes).
+        """
+        wanted = self.tasks if heads is None else tuple(heads)
+        missing = [h for h in wanted if h not in self.heads]
+        if missing:
+            raise ValueError(f"this model has heads {self.tasks}, not {missing}")
+        step = 2**self.config.depth
+        if x.ndim != 4 or x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"input {tuple(x.shape)}: expected (N, C, H, W), H and W "
+                             f"multiples of {step}")
+        features = self.encoder(x)
+        out = {h: self.heads[h](features) for h in wanted}
+        if "denoise" in out:
+            out["denoise"] = x + out["denoise"]
+        return out
+
+    def train(self, mode: bool = True) -> Self:
+        """As nn.Module.train, but batch norms whose parameters are all frozen stay in eval
+        mode: a frozen encoder must keep its running statistics as well as its weights."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                params = list(module.parameters(recurse=False))
+                if isinstance(module, nn.BatchNorm2d) and params and not any(
+                        p.requires_grad for p in params):
+                    module.eval()
+        return self
+
+
+class SingleTask(UMSRep):
+    """The same architecture with a single head: the paper's separate-model baseline."""
+
+    def __init__(self, config: ModelConfig | None = None, head: str = "segment") -> None:
+        super().__init__(config, heads=(head,))
+
+
+def set_trainable(model: UMSRep, strategy: str, n_blocks: int = 2) -> None:
+    """Choose what fine-tuning updates. Heads are always trainable; the encoder is
+    "frozen" (nothing), "partial" (its last `n_blocks` blocks, the bottleneck counting as
+    one) or "full" (everything). Call model.train() after it to settle batch norm modes."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}: choose one of {STRATEGIES}")
+    blocks = list(model.encoder.blocks)
+    if strategy == "partial" and not 1 <= n_blocks <= len(blocks):
+        raise ValueError(f"n_blocks {n_blocks}: the encoder has {len(blocks)} blocks")
+    trainable = {"frozen": 0, "partial": n_blocks, "full": len(blocks)}[strategy]
+    for index, block in enumerate(blocks):
+        block.requires_grad_(index >= len(blocks) - trainable)
+    model.heads.requires_grad_(True)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
