@@ -1,0 +1,157 @@
+"""Derived images, each a Secondary Capture series linked to its source image.
+
+- `build_denoised`: the model's denoised image.
+- `build_frame_image`: one frame of a multi-frame image, pixels unchanged. highdicom cannot
+  build a SEG on a multi-frame image without a frame of reference (a multi-frame US cine), so
+  SEG and SR of such a frame are built on this single-frame image, which is sent with them.
+
+Secondary Capture rather than the source's SOP class: highdicom builds SC and validates it,
+while a CR/DX/US copy with new pixels would carry acquisition attributes (exposure, LUTs,
+ultrasound regions, presentation intent) that no longer describe the pixels, or frame
+attributes that no longer apply. The study, pixel spacing and patient orientation are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from workers.outputs import (
+    MANUFACTURER,
+    NOT_FOR_CLINICAL_USE,
+    SERIES_NUMBER_DENOISED,
+    SERIES_NUMBER_FRAMES,
+    description,
+)
+from workers.outputs.uids import output_uid, pin_times
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
+
+
+def _code_item(code: Any) -> Dataset:
+    concept = hd.sr.CodedConcept.from_code(code)
+    item = Dataset()
+    item.CodeValue = concept.value
+    item.CodingSchemeDesignator = concept.scheme_designator
+    item.CodeMeaning = concept.meaning
+    return item
+
+
+def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = source.get(keyword)
+        if spacing and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+            return float(spacing[0]), float(spacing[1])
+    return None
+
+
+def _orientation(source: Dataset) -> tuple[str, str] | None:
+    orientation = source.get("PatientOrientation")
+    if orientation and len(orientation) == 2:
+        return str(orientation[0]), str(orientation[1])
+    return None
+
+
+def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
+                       series_uid: str, sop_uid: str, series_number: int,
+                       frame_number: int | None = None) -> Dataset:
+    """An SC of `pixels` in the source's study, referencing the source (and its frame)."""
+    spacing: Any = _pixel_spacing(source)  # highdicom annotates it tuple[int, int]: mm are floats
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=photometric,
+        bits_allocated=pixels.dtype.itemsize * 8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=frame_number or int(source.get("InstanceNumber", 1) or 1),
+        manufacturer=MANUFACTURER,
+        pixel_spacing=spacing,
+        # highdicom requires an orientation; a source without one (US) gets it emptied below.
+        patient_orientation=_orientation(source) or ("A", "F"),
+        transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+    pin_times(sc, source)
+    if _orientation(source) is None:
+        sc["PatientOrientation"].value = ""  # Type 2C: present, empty when unknown
+    if "BodyPartExamined" in source:  # also tells validators whether Laterality is needed
+        sc.BodyPartExamined = source.BodyPartExamined
+    if "Laterality" in source:
+        sc.Laterality = source.Laterality
+    sc.Modality = source.Modality  # the study's modality; highdicom's SC default is "OT"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame_number is not None:
+        reference.ReferencedFrameNumber = frame_number
+    reference.PurposeOfReferenceCodeSequence = [
+        _code_item(codes.DCM.SourceImageForImageProcessingOperation)]
+    sc.SourceImageSequence = [reference]
+    return sc
+
+
+def build_denoised(source: Dataset, image: np.ndarray, *, model_name: str,
+                   model_version: str) -> Dataset:
+    """A Secondary Capture of `image` (float in [0, 1], source rows x columns, dark = 0).
+
+    MONOCHROME2 (a MONOCHROME1 or RGB source's denoised image is gray, dark = low); 8 bits
+    for an 8-bit source (US), 16 otherwise. UIDs derive from the source's SOP Instance UID,
+    the model version and "denoised".
+    """
+    grid = (int(source.Rows), int(source.Columns))
+    if image.shape != grid:
+        raise ValueError(f"the denoised image has shape {image.shape}, not the source's {grid}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("the denoised image has NaN or infinite values")
+    dtype = np.uint8 if int(source.BitsAllocated) == 8 else np.uint16
+    top = int(np.iinfo(dtype).max)
+    pixels = np.rint(np.clip(image, 0.0, 1.0) * top).astype(dtype)
+    source_uids = [str(source.SOPInstanceUID)]
+    sc = _secondary_capture(
+        source, pixels, "MONOCHROME2",
+        series_uid=output_uid(source_uids, model_version, "denoised-series"),
+        sop_uid=output_uid(source_uids, model_version, "denoised-instance"),
+        series_number=SERIES_NUMBER_DENOISED)
+    sc.BurnedInAnnotation = "NO"
+    sc.SeriesDescription = description("denoised by", model_name)
+    sc.ImageComments = (f"Denoised by {model_name} {model_version}. {NOT_FOR_CLINICAL_USE}. "
+                        "Derived image: not for diagnosis.")
+    sc.DerivationDescription = f"Denoised by the {model_name} {model_version} model"[:1024]
+    sc.DerivationCodeSequence = [_code_item(codes.DCM.ImageProcessing)]
+    sc.WindowCenter, sc.WindowWidth = (top + 1) // 2, top + 1
+    return sc
+
+
+def build_frame_image(source: Dataset, frame_number: int) -> Dataset:
+    """Frame `frame_number` (1-based) of a multi-frame `source` as a single-frame SC.
+
+    The pixels are the decoded frame, unchanged (RGB stays RGB; YBR comes out RGB as pydicom
+    decodes it). The UIDs derive from the source and the frame number only, not a model:
+    every model version's SEG refers to the same frame image.
+    """
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame_number <= frames:
+        raise ValueError(f"frame {frame_number} is not in 1..{frames}")
+    pixels = source.pixel_array
+    frame = np.ascontiguousarray(pixels[frame_number - 1] if frames > 1 else pixels)
+    if frame.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"frame pixels must be unsigned 8 or 16 bit, got {frame.dtype}")
+    photometric = "RGB" if frame.ndim == 3 else str(source.PhotometricInterpretation)
+    source_uids = [str(source.SOPInstanceUID)]
+    sc = _secondary_capture(
+        source, frame, photometric,
+        series_uid=output_uid(source_uids, "", "frame-series"),
+        sop_uid=output_uid(source_uids, "", "frame-instance", frame_number),
+        series_number=SERIES_NUMBER_FRAMES, frame_number=frame_number)
+    if "BurnedInAnnotation" in source:
+        sc.BurnedInAnnotation = source.BurnedInAnnotation
+    sc.SeriesDescription = f"Frames of series {source.get('SeriesNumber', '')}"[:64]
+    sc.DerivationDescription = f"Frame {frame_number} of {frames}, pixels unchanged"
+    return sc
