@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from umsrep_core.cli import add_model_commands
 from umsrep_core.errors import UmsrepError
 
 log = logging.getLogger("umsrep")
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", type=int)
     p.add_argument("--columns", type=int)
+
+    add_model_commands(sub)  # `umsrep model ...`: torch is imported only when one runs
 
     p = command("demo", _demo, "start a node, send it sample studies, show what it did")
     p.add_argument("--out", type=Path, default=Path("demo-out"))

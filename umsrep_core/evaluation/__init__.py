@@ -1,0 +1,1 @@
+"""Evaluation of bundles: metrics and the Markdown/JSON/PNG report."""

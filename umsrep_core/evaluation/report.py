@@ -1,0 +1,401 @@
+"""`umsrep model evaluate`: a bundle on held-out phantoms or a real data set, against the gates.
+
+Phantoms are drawn from seeds 1_000_000 up (training uses lower seeds), at realistic sizes
+(chest 1k-3k pixels, echo screen captures 256-600 rows), written as DICOM datasets in memory
+and run through `Predictor.predict_dicom`: the scores include pixel decoding, the letterbox and
+its inverse, exactly as a received study would go. Every score is computed on the SOURCE grid.
+Aggregates are means over cases; a gate on a value that could not be computed fails, except
+on a real data set, where a value needing ground truth it lacks (a clean image, a mask) is n/a.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from umsrep_core.errors import InferenceError
+from umsrep_core.evaluation.metrics import (
+    abs_error,
+    auc,
+    auc_ovr,
+    dice,
+    psnr,
+    rel_error,
+    roc_curve,
+    ssim,
+)
+from umsrep_core.imaging.pixels import read_frames
+from umsrep_core.imaging.regions import SpectralRegion
+from umsrep_core.imaging.us import region_to_dicom
+from umsrep_core.inference import Prediction, Predictor
+from umsrep_core.models.bundle import Bundle
+
+__all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "overlay", "verdict"]
+
+HELD_OUT_SEED = 1_000_000
+# metric key -> (comparison, threshold), from issue 4 "Quality to reach".
+GATES: dict[str, dict[str, tuple[str, float]]] = {
+    "cxr": {"dice.right_lung": (">=", 0.95), "dice.left_lung": (">=", 0.95),
+            "dice.heart": (">=", 0.95), "auc": (">=", 0.95), "psnr_gain_db": (">=", 6.0),
+            "ctr_abs_error": ("<=", 0.03)},
+    "echo_doppler": {"dice.envelope": (">=", 0.90), "auc": (">=", 0.95),
+                     "psnr_gain_db": (">=", 6.0), "peak_velocity_rel_error": ("<=", 0.05)},
+}
+_COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.5, 1.0], [1.0, 0.85, 0.1], [0.2, 1.0, 0.4]])
+_OVERLAYS = 3  # cases drawn in overlays.png
+
+
+@dataclass
+class _Case:
+    id: str
+    image: np.ndarray  # what the predictor saw, source grid
+    prediction: Prediction
+    masks: dict[str, np.ndarray]  # ground truth available
+    label: int | None  # class index
+    clean: np.ndarray | None = None
+    truth: dict[str, float | None] = field(default_factory=dict)  # ctr, peak_velocity_cm_s...
+    box: tuple[int, int, int, int] | None = None  # where denoising is scored (echo: the strip)
+
+
+def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEED,
+             data_dir: Path | None = None, records: Sequence[dict[str, Any]] | None = None,
+             size: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Score `bundle` on `n` cases and write out/report.md, out/report.json and PNG plots.
+
+    `data_dir`: a real data set folder (umsrep_core.data.open_dataset) instead of phantoms;
+    `size`: a fixed phantom size instead of realistic ones (tests); `records`: training runs
+    ({name, strategy, losses, seconds, steps, metrics}) for the loss plot and strategy table.
+    Returns the report's JSON object.
+    """
+    predictor = Predictor(bundle, device=device)
+    modality = bundle.modality
+    if data_dir is not None:
+        cases = list(_dataset_cases(predictor, data_dir, n))
+        source = f"data set {data_dir} ({len(cases)} images)"
+    else:
+        make = _chest_cases if modality == "cxr" else _doppler_cases
+        cases = list(make(predictor, n, seed, size))
+        source = f"held-out phantoms, seeds {seed}..{seed + n - 1}"
+    if not cases:
+        raise InferenceError(f"nothing to evaluate in {source}")
+    metrics, curves = _aggregate(cases, predictor)
+    gates = _gates(metrics, modality, real=data_dir is not None)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(cases, curves, records, predictor, out)
+    report: dict[str, Any] = {
+        "bundle": bundle.manifest["name"], "modality": modality, "source": source,
+        "n": len(cases), "clinical_use": bundle.manifest["clinical_use"], "metrics": metrics,
+        "gates": gates, "passed": all(g["passed"] is not False for g in gates), "plots": plots,
+        "records": [_record_summary(r) for r in records or []],
+        "cases": [_case_row(c) for c in cases]}
+    report = _finite(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    return report
+
+
+# --- cases ----------------------------------------------------------------------------------
+
+
+def _chest_cases(predictor: Predictor, n: int, seed: int, size: int | None) -> Iterator[_Case]:
+    from umsrep_core.phantoms import make_chest  # noqa: PLC0415 - phantoms only here
+
+    for s in range(seed, seed + n):
+        p = make_chest(s, size=size)
+        ds = _dataset(p.image, bits=p.bits_stored, photometric=p.photometric, modality="CR")
+        ds.PixelSpacing = [p.pixel_spacing_mm, p.pixel_spacing_mm]
+        yield _Case(id=f"chest-{s}", image=read_frames(ds)[0],
+                    prediction=predictor.predict_dicom(ds)[0], masks=p.masks,
+                    label=int(p.abnormal), clean=p.clean, truth={"ctr": p.ctr})
+
+
+def _doppler_cases(predictor: Predictor, n: int, seed: int, size: int | None
+                   ) -> Iterator[_Case]:
+    from umsrep_core.phantoms import DOPPLER_TYPES, make_doppler  # noqa: PLC0415
+
+    for s in range(seed, seed + n):
+        rng = np.random.default_rng(s)  # the capture size: its own stream, not the phantom's
+        height = size or int(rng.integers(256, 601))
+        width = 2 * size if size else round(height * rng.uniform(1.33, 2.0))
+        p = make_doppler(s, height=height, width=width)
+        ds = _dataset(p.image, bits=8, photometric="MONOCHROME2", modality="US")
+        if p.region is not None:
+            ds.SequenceOfUltrasoundRegions = DicomSequence([region_to_dicom(p.region)])
+        truth = {"peak_velocity_cm_s": p.peak_velocity_cm_s, "e_cm_s": p.e_cm_s,
+                 "a_cm_s": p.a_cm_s, "vti_cm": p.vti_cm}
+        yield _Case(id=f"doppler-{s}-{p.kind}", image=read_frames(ds)[0],
+                    prediction=predictor.predict_dicom(ds)[0],
+                    masks={"envelope": p.envelope} if p.region is not None else {},
+                    label=DOPPLER_TYPES.index(p.kind), clean=p.clean, truth=truth,
+                    box=_box(p.region) if p.region is not None else None)
+
+
+def _dataset_cases(predictor: Predictor, data_dir: Path, n: int) -> Iterator[_Case]:
+    from umsrep_core.data import open_dataset  # noqa: PLC0415
+    from umsrep_core.measure import STRUCTURES  # noqa: PLC0415
+    from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
+
+    if predictor.modality != "cxr":
+        raise InferenceError("the real data set loaders hold chest X-rays: use a cxr bundle")
+    data = open_dataset(data_dir)
+    for index in range(min(n, len(data))):
+        sample = data[index]
+        truth: dict[str, float | None] = {}
+        if all(s in sample.masks for s in STRUCTURES):
+            truth["ctr"] = cardiothoracic_ratio(*(sample.masks[s] for s in STRUCTURES))[0]
+        yield _Case(id=sample.id, image=sample.image, masks=sample.masks, label=sample.label,
+                    prediction=predictor.predict_array(sample.image,
+                                                       pixel_spacing=sample.pixel_spacing_mm),
+                    truth=truth)
+
+
+def _dataset(pixels: np.ndarray, *, bits: int, photometric: str, modality: str) -> Dataset:
+    """A minimal single-frame DICOM dataset around stored values, as a modality sends them."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality = modality
+    ds.Rows, ds.Columns = (int(v) for v in pixels.shape)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds
+
+
+def _box(region: SpectralRegion) -> tuple[int, int, int, int]:
+    return region.y0, region.x0, region.y1 + 1, region.x1 + 1
+
+
+# --- scores ---------------------------------------------------------------------------------
+
+
+def _aggregate(cases: list[_Case], predictor: Predictor
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    metrics: dict[str, Any] = {"dice": {}}
+    for name in predictor.seg_labels:
+        values = [dice(c.prediction.masks[name], c.masks[name]) for c in cases
+                  if name in c.masks and name in c.prediction.masks]
+        if values:
+            metrics["dice"][name] = float(np.mean(values))
+    curves: dict[str, Any] = {}
+    labelled = [c for c in cases if c.label is not None and c.prediction.probabilities]
+    if labelled:
+        probs = np.array([[c.prediction.probabilities[k] for k in predictor.class_labels]
+                          for c in labelled])
+        labels = np.array([c.label for c in labelled])
+        if probs.shape[1] == 2:
+            metrics["auc"] = auc(probs[:, 1], labels)
+            curves[predictor.class_labels[1]] = roc_curve(probs[:, 1], labels)
+        else:
+            metrics["auc"] = auc_ovr(probs, labels)
+            curves.update({name: roc_curve(probs[:, k], labels == k)
+                           for k, name in enumerate(predictor.class_labels)
+                           if 0 < (labels == k).sum() < labels.size})
+        metrics["accuracy"] = float(np.mean(probs.argmax(axis=1) == labels))
+    metrics.update(_denoising(cases))
+    metrics.update(_measurement_errors(cases))
+    return metrics, curves
+
+
+def _denoising(cases: list[_Case]) -> dict[str, float]:
+    rows = []
+    for c in cases:
+        if c.clean is None or c.prediction.denoised is None:
+            continue
+        y0, x0, y1, x1 = c.box or (0, 0, *c.image.shape)
+        noisy, den, clean = (a[y0:y1, x0:x1] for a in (c.image, c.prediction.denoised,
+                                                        c.clean))
+        rows.append((psnr(noisy, clean), psnr(den, clean), ssim(noisy, clean),
+                     ssim(den, clean)))
+    if not rows:
+        return {}
+    pn, pd, sn, sd = (float(v) for v in np.mean(np.array(rows), axis=0))
+    return {"psnr_noisy_db": pn, "psnr_denoised_db": pd, "psnr_gain_db": pd - pn,
+            "ssim_noisy": sn, "ssim_denoised": sd, "ssim_gain": sd - sn}
+
+
+def _measurement_errors(cases: list[_Case]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    pairs = {"ctr_abs_error": ("ctr", abs_error),
+             "peak_velocity_rel_error": ("peak_velocity_cm_s", rel_error),
+             "e_rel_error": ("e_cm_s", rel_error), "a_rel_error": ("a_cm_s", rel_error),
+             "vti_rel_error": ("vti_cm", rel_error)}
+    for key, (name, error) in pairs.items():
+        scored = [c for c in cases if c.truth.get(name) is not None]
+        if not scored:
+            continue
+        errors = [error(c.prediction.measurements.get(name), c.truth[name]) for c in scored]
+        values = [e for e in errors if e is not None]
+        # A value the model failed to measure is not an error of zero: count it apart.
+        out[key] = float(np.mean(values)) if values else None
+        out[f"{key}_max"] = float(np.max(values)) if values else None
+        out[f"{name}_unmeasured"] = len(errors) - len(values)
+    return out
+
+
+def _case_row(case: _Case) -> dict[str, Any]:
+    """One case in report.json: enough to find the failures behind a mean."""
+    p = case.prediction
+    return {"id": case.id, "label": case.label, "predicted": p.label,
+            "probability": p.probability,
+            "dice": {k: dice(p.masks[k], m) for k, m in case.masks.items() if k in p.masks},
+            "truth": dict(case.truth),
+            "measured": {k: p.measurements.get(k) for k in case.truth}}
+
+
+def _gates(metrics: dict[str, Any], modality: str, *, real: bool) -> list[dict[str, Any]]:
+    """Each gate with passed True, False, or None (n/a: real data without that ground truth)."""
+    gates = []
+    for key, (op, threshold) in GATES[modality].items():
+        group, name = ("dice", key.split(".")[1]) if "." in key else (None, key)
+        scores = metrics["dice"] if group else metrics
+        value = scores.get(name)
+        passed: bool | None = value is not None and not math.isnan(value) and (
+            value >= threshold if op == ">=" else value <= threshold)
+        if real and name not in scores:
+            passed = None
+        gates.append({"metric": key, "value": value, "op": op, "threshold": threshold,
+                      "passed": passed})
+    return gates
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def overlay(image: np.ndarray, masks: dict[str, np.ndarray], alpha: float = 0.4) -> np.ndarray:
+    """An RGB float image: `image` in gray with each mask tinted in its own colour."""
+    rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+    for index, mask in enumerate(masks.values()):
+        colour = _COLOURS[index % len(_COLOURS)].astype(np.float32)
+        m = np.asarray(mask, dtype=bool)
+        rgb[m] = (1 - alpha) * rgb[m] + alpha * colour
+    return rgb
+
+
+def _plots(cases: list[_Case], curves: dict[str, Any],
+           records: Sequence[dict[str, Any]] | None, predictor: Predictor, out: Path
+           ) -> list[str]:
+    import matplotlib as mpl  # noqa: PLC0415 - plotting only here
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    written = []
+    shown = cases[:_OVERLAYS]
+    fig, axes = plt.subplots(len(shown), 2, figsize=(8, 4 * len(shown)), squeeze=False)
+    for row, case in zip(axes, shown, strict=True):
+        p = case.prediction
+        row[0].imshow(overlay(case.image, p.masks))
+        row[0].set_title(f"{case.id}: predicted {p.label} ({p.probability or 0:.2f})",
+                         fontsize=8)
+        row[1].imshow(overlay(case.image, case.masks))
+        row[1].set_title("ground truth", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    written.append(_save(fig, out / "overlays.png"))
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for name, (fpr, tpr, _) in curves.items():
+            ax.plot(fpr, tpr, label=f"{name} (AUC {_auc_of(fpr, tpr):.3f})")
+        ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate",
+               title=f"ROC ({predictor.modality})")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out / "roc.png"))
+    with_losses = [r for r in records or [] if r.get("losses")]
+    if with_losses:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in with_losses:
+            ax.plot(np.arange(1, len(r["losses"]) + 1), r["losses"],
+                    label=f"{r.get('name')} ({r.get('strategy')})")
+        ax.set(xlabel="logged step", ylabel="training loss", yscale="log", title="loss curves")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out / "loss_curves.png"))
+    plt.close("all")
+    return written
+
+
+def _auc_of(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Trapezoidal area under ROC points (equals the rank AUC for roc_curve's points)."""
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path.name
+
+
+def _record_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A training record without its loss history (plotted, too long for the table)."""
+    losses = record.get("losses") or []
+    return {"name": record.get("name"), "strategy": record.get("strategy"),
+            "steps": record.get("steps"), "seconds": record.get("seconds"),
+            "final_loss": losses[-1] if losses else None,
+            "metrics": dict(record.get("metrics") or {})}
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as None: JSON has no such numbers."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def verdict(passed: bool | None) -> str:
+    """A gate's result as the report and the CLI print it."""
+    return "n/a" if passed is None else "PASS" if passed else "FAIL"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    m = report["metrics"]
+    lines = [f"# Evaluation of bundle `{report['bundle']}` ({report['modality']})", "",
+             f"{report['clinical_use']}.", "", f"Source: {report['source']}.", "",
+             f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**", "",
+             "## Gates", "", "| metric | value | gate | result |", "|---|---|---|---|"]
+    lines += [f"| {g['metric']} | {_fmt(g['value'])} | {g['op']} {g['threshold']:g} | "
+              f"{verdict(g['passed'])} |" for g in report["gates"]]
+    lines += ["", "## Metrics (means over cases)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| dice.{k} | {_fmt(v)} |" for k, v in m["dice"].items()]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if k != "dice"]
+    if report["records"]:
+        lines += _records_table(report["records"])
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def _records_table(records: list[dict[str, Any]]) -> list[str]:
+    """Fine-tuning strategies and separate models side by side, with their training compute;
+    compute is also shown relative to the separate models' total (strategy "separate...")."""
+    separate = sum(r["seconds"] or 0 for r in records
+                   if str(r["strategy"]).lower().startswith("separate"))
+    lines = ["", "## Training strategies", "",
+             "| run | strategy | steps | seconds | vs separate | final loss | metrics |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        ratio = _fmt(r["seconds"] / separate) if separate and r["seconds"] is not None else "n/a"
+        scores = ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items())
+        lines.append(f"| {r['name']} | {r['strategy']} | {_fmt(r['steps'])} | "
+                     f"{_fmt(r['seconds'])} | {ratio} | {_fmt(r['final_loss'])} | {scores} |")
+    return lines

@@ -1,0 +1,218 @@
+"""The one inference path: images (DICOM frames, PNG or arrays) -> every head -> source grid.
+
+Each image is letterboxed to the bundle's input size (echo: the spectral region's box when the
+image has one, since that is where the envelope and its calibration live), the encoder runs
+ONCE for all heads, and every output is mapped back onto the source pixel grid with the exact
+inverse of the letterbox, so that measurements use the source calibration (pixel spacing,
+ultrasound region) unchanged. `umsrep model predict` and the workers both call this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+
+from umsrep_core.errors import InferenceError
+from umsrep_core.imaging.geometry import Letterbox
+from umsrep_core.imaging.pixels import LUMINANCE, pixel_spacing, read_frames
+from umsrep_core.imaging.regions import SpectralRegion
+from umsrep_core.imaging.us import region_box, spectral_regions
+from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler
+from umsrep_core.models.bundle import Bundle
+
+__all__ = ["Prediction", "Predictor", "default_device", "read_image_file"]
+
+Spacing = float | tuple[float, float] | None
+
+
+@dataclass
+class Prediction:
+    """One image's results, on its source pixel grid."""
+
+    modality: str  # the bundle's: "cxr" or "echo_doppler"
+    label: str | None  # None when the bundle has no classification head
+    probability: float | None  # of `label`
+    probabilities: dict[str, float]  # every class
+    masks: dict[str, np.ndarray]  # seg label -> bool (rows, cols)
+    denoised: np.ndarray | None  # float32 [0, 1] (rows, cols)
+    measurements: dict[str, Any]  # the keys of `predict --json` for the modality
+    reasons: list[str] = field(default_factory=list)  # why a value is null
+    region: SpectralRegion | None = None  # echo: the calibration that was used
+
+    def to_json(self) -> dict[str, Any]:
+        """The object `umsrep model predict --json` prints for this image."""
+        return {"modality": self.modality, "label": self.label,
+                "probability": self.probability, **self.measurements,
+                "reasons": list(self.reasons)}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """A PNG (or other matplotlib-readable) file as float32 gray [0, 1] (Rec. 601 luminance)."""
+    import matplotlib.image as mpimg  # noqa: PLC0415 - only image files need it
+
+    try:
+        arr = np.asarray(mpimg.imread(path))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InferenceError(f"{path}: not a readable image ({exc})") from exc
+    if arr.dtype.kind in "ui":  # JPEG etc. come as integers
+        arr = arr / float(np.iinfo(arr.dtype).max)
+    if arr.ndim == 3:
+        arr = arr[..., :3] @ LUMINANCE if arr.shape[2] >= 3 else arr[..., 0]
+    gray: np.ndarray = np.clip(arr, 0.0, 1.0).astype(np.float32)
+    return gray
+
+
+@dataclass
+class _Input:
+    image: np.ndarray  # float32 (rows, cols) in [0, 1]
+    spacing: Spacing
+    region: SpectralRegion | None
+    notes: list[str]  # reasons known before the model runs
+
+
+class Predictor:
+    """A bundle's model ready to run: `predict_*` return one Prediction per image.
+
+    `device`: None picks CUDA when present. `batch_size`: images per forward pass (the
+    letterboxed inputs are stacked; each image still goes through the encoder exactly once).
+    """
+
+    def __init__(self, bundle: Bundle, device: str | None = None, batch_size: int = 4) -> None:
+        self.device = torch.device(device or default_device())
+        self.model = bundle.model.to(self.device).eval()
+        self.modality = bundle.modality
+        self.heads = self.model.tasks
+        self.size = bundle.config.input_size
+        self.seg_labels = [str(s) for s in bundle.manifest["seg_labels"]]
+        self.class_labels = [str(c) for c in bundle.manifest["class_labels"]]
+        norm = bundle.manifest["normalisation"]
+        self.mean, self.std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+        if not self.std > 0:
+            raise InferenceError(f"bundle {bundle.path}: normalisation std {self.std} is not "
+                                 "positive")
+        self.batch_size = batch_size
+
+    # --- entry points -----------------------------------------------------------------------
+
+    def predict_dicom(self, ds: pydicom.Dataset) -> list[Prediction]:
+        """One Prediction per frame of `ds`, with its pixel spacing or ultrasound region."""
+        notes: list[str] = []
+        spacing: Spacing = None
+        region = None
+        if self.modality == "cxr":
+            spacing, why = pixel_spacing(ds)
+            notes += [why] if why else []
+        else:
+            regions = spectral_regions(ds, notes)
+            region = regions[0] if regions else None
+            if len(regions) > 1:
+                notes.append(f"{len(regions)} spectral regions: the first one was measured")
+        frames = read_frames(ds)
+        return self._run([_Input(f, spacing, region, list(notes)) for f in frames])
+
+    def predict_array(self, image: np.ndarray, *, pixel_spacing: Spacing = None,
+                      region: SpectralRegion | None = None) -> Prediction:
+        """One (rows, cols) float image in [0, 1], bright = high signal."""
+        return self.predict_batch([image], pixel_spacings=[pixel_spacing], regions=[region])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], *,
+                      pixel_spacings: Sequence[Spacing] | None = None,
+                      regions: Sequence[SpectralRegion | None] | None = None
+                      ) -> list[Prediction]:
+        """Several images, `batch_size` per forward pass, each through the encoder once."""
+        n = len(images)
+        spacings = list(pixel_spacings) if pixel_spacings is not None else [None] * n
+        boxes = list(regions) if regions is not None else [None] * n
+        if len(spacings) != n or len(boxes) != n:
+            raise ValueError(f"{n} images, {len(spacings)} spacings, {len(boxes)} regions")
+        inputs = [_Input(np.asarray(img, dtype=np.float32), s, r, [])
+                  for img, s, r in zip(images, spacings, boxes, strict=True)]
+        return self._run(inputs)
+
+    # --- the pass ---------------------------------------------------------------------------
+
+    def _run(self, inputs: list[_Input]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start:start + self.batch_size]
+            boxes = [self._letterbox(item) for item in chunk]
+            x = np.stack([box.to_model(item.image) for box, item in zip(boxes, chunk,
+                                                                         strict=True)])
+            tensor = (torch.from_numpy(x[:, None]).to(self.device) - self.mean) / self.std
+            with torch.inference_mode():
+                heads = self.model(tensor, heads=self.heads)  # ONE encoder pass, every head
+            arrays = {name: self._numpy(name, value) for name, value in heads.items()}
+            out += [self._prediction(item, box, {k: v[i] for k, v in arrays.items()})
+                    for i, (item, box) in enumerate(zip(chunk, boxes, strict=True))]
+        return out
+
+    def _numpy(self, head: str, value: torch.Tensor) -> np.ndarray:
+        if head == "segment":
+            value = torch.sigmoid(value)
+        elif head == "classify":
+            value = torch.softmax(value, dim=1)
+        else:  # denoise: back to display units
+            value = value * self.std + self.mean
+        return value.float().cpu().numpy()
+
+    def _letterbox(self, item: _Input) -> Letterbox:
+        if item.image.ndim != 2:
+            raise InferenceError(f"expected a 2-D grayscale image, got shape {item.image.shape}")
+        crop = region_box(item.region) if item.region is not None else None
+        return Letterbox.fit(item.image.shape, self.size, crop=crop)
+
+    def _prediction(self, item: _Input, box: Letterbox, heads: dict[str, np.ndarray]
+                    ) -> Prediction:
+        reasons = list(item.notes)
+        masks: dict[str, np.ndarray] = {}
+        if "segment" in heads:
+            back = box.mask_to_source(heads["segment"], threshold=0.5)
+            masks = {name: back[i] for i, name in enumerate(self.seg_labels)}
+        denoised = None
+        if "denoise" in heads:
+            mapped = np.clip(box.mask_to_source(heads["denoise"][0], threshold=None), 0, 1)
+            denoised = item.image.copy()  # outside an echo crop: the input, unchanged
+            y0, x0, y1, x1 = box.crop
+            denoised[y0:y1, x0:x1] = mapped[y0:y1, x0:x1]
+        label, probability, probabilities = None, None, {}
+        if "classify" in heads:
+            probs = heads["classify"]
+            probabilities = {name: float(p) for name, p in zip(self.class_labels, probs,
+                                                                 strict=True)}
+            best = int(np.argmax(probs))
+            label, probability = self.class_labels[best], float(probs[best])
+        else:
+            reasons.append("the bundle has no classification head: no label")
+        measurements = self._measure(item, masks, label, reasons)
+        return Prediction(modality=self.modality, label=label, probability=probability,
+                          probabilities=probabilities, masks=masks, denoised=denoised,
+                          measurements=measurements, reasons=reasons, region=item.region)
+
+    def _measure(self, item: _Input, masks: dict[str, np.ndarray], label: str | None,
+                 reasons: list[str]) -> dict[str, Any]:
+        if self.modality == "cxr":
+            chest = measure_chest(masks, item.spacing)
+            reasons += chest.reasons
+            return {"ctr": chest.ctr, "areas_mm2": chest.areas_mm2}
+        result = {"doppler_type": label, "peak_velocity_cm_s": None, "e_cm_s": None,
+                  "a_cm_s": None, "e_a_ratio": None, "vti_cm": None}
+        envelope = masks.get("envelope", masks.get(self.seg_labels[0]) if masks else None)
+        if envelope is None:
+            reasons.append("the bundle has no segmentation head: no envelope to measure")
+        elif label not in DOPPLER_TYPES:
+            reasons.append(f"Doppler type {label!r} unknown: nothing measured")
+        else:
+            doppler = measure_doppler(envelope, item.region, label)
+            reasons += doppler.reasons
+            result.update({k: v for k, v in doppler.to_json().items() if k != "reasons"})
+        return result
