@@ -11,6 +11,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+# The Manufacturer of every object umsrep writes: how the node knows its own outputs when a
+# PACS sends them back, so that they are never processed again.
+OWN_MANUFACTURER = "umsrep"
+
 # SequenceOfUltrasoundRegions: RegionSpatialFormat 3 is "spectral (CW or PW Doppler)";
 # RegionDataType 3 and 4 are PW and CW spectral Doppler.
 SPECTRAL_SPATIAL_FORMAT = 3

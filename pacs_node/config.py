@@ -158,6 +158,8 @@ class Match(Strict):
 
 class Process(Strict):
     pipeline: Literal["cxr", "echo_doppler"]
+    # A bundle name (packaged: cxr, echo_doppler) or a bundle folder; default: the pipeline's.
+    bundle: str | None = None
     outputs: list[Literal["seg", "sr", "denoised"]] = ["seg", "sr"]
     destinations: list[str] = []
 

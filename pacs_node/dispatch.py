@@ -14,16 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from typing import Protocol
 
-from pacs_node.config import Broker
+from pacs_node.config import Broker, Config
 from pacs_node.journal import Journal
-from umsrep_core.errors import DeliveryError
+from umsrep_core.errors import DeliveryError, StudySkipped
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "umsrep.process_study"
 HANDLER_GROUP = "umsrep.handlers"
 
-Handler = Callable[[str, str], None]
+# handler(config, study_key, route): the config is the node's (embedded) or the worker's.
+Handler = Callable[[Config, str, str], None]
 
 
 class Dispatcher(Protocol):
@@ -39,7 +40,8 @@ def installed_handler(name: str = TASK_NAME) -> Handler | None:
     return None
 
 
-def run_job(journal: Journal, study_key: str, route: str, handler: Handler | None) -> None:
+def run_job(journal: Journal, config: Config, study_key: str, route: str,
+            handler: Handler | None) -> None:
     """Run one job and record its start and outcome in the journal (both dispatch paths)."""
     journal.start_job(study_key, route)
     log.info("study %s: job %s started", study_key, route)
@@ -47,7 +49,10 @@ def run_job(journal: Journal, study_key: str, route: str, handler: Handler | Non
         if handler is None:
             raise LookupError(f"no handler installed for {TASK_NAME} (entry point group "
                               f"{HANDLER_GROUP}): install the workers")
-        handler(study_key, route)
+        handler(config, study_key, route)
+    except StudySkipped as exc:
+        log.info("study %s: job %s skipped: %s", study_key, route, exc)
+        journal.finish_job(study_key, route, skipped=str(exc))
     except Exception as exc:  # the outcome is recorded, whatever it is
         log.error("study %s: job %s failed: %s: %s", study_key, route, type(exc).__name__, exc)
         journal.finish_job(study_key, route, error=f"{type(exc).__name__}: {exc}")
@@ -59,13 +64,16 @@ def run_job(journal: Journal, study_key: str, route: str, handler: Handler | Non
 class EmbeddedDispatcher:
     """The in-process pool: no broker, same task, bounded concurrency."""
 
-    def __init__(self, journal: Journal, workers: int, handler: Handler | None) -> None:
+    def __init__(self, journal: Journal, config: Callable[[], Config],
+                 handler: Handler | None) -> None:
         self.journal = journal
+        self.config = config  # read per job: the node's current config, rules reloaded
         self.handler = handler
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self.pool = ThreadPoolExecutor(max_workers=config().node.embedded_workers,
+                                       thread_name_prefix="job")
 
     def dispatch(self, study_key: str, route: str, queue: str) -> None:
-        self.pool.submit(run_job, self.journal, study_key, route, self.handler)
+        self.pool.submit(run_job, self.journal, self.config(), study_key, route, self.handler)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)

@@ -20,7 +20,8 @@ from typing import Any
 
 from pacs_node.attrs import InstanceAttrs
 
-STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ignored")
+STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ignored",
+          "skipped")
 # A study left in one of these when the node stopped is picked up again at start.
 IN_BETWEEN = ("receiving", "complete", "queued", "processing")
 
@@ -329,25 +330,31 @@ class Journal:
                        "WHERE study_key = ? AND route = ?", (now, key, route))
             self._set_study_from_jobs(db, key, now, f"job {route} started")
 
-    def finish_job(self, key: str, route: str, error: str | None = None) -> None:
+    def finish_job(self, key: str, route: str, error: str | None = None,
+                   skipped: str | None = None) -> None:
+        """End a job: done, failed with `error`, or skipped for the reason `skipped`."""
         now = time.time()
+        state = "failed" if error else "skipped" if skipped else "done"
         with self._tx() as db:
             db.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ? "
                        "WHERE study_key = ? AND route = ?",
-                       ("failed" if error else "done", now, error, key, route))
-            detail = f"job {route} failed: {error}" if error else f"job {route} done"
+                       (state, now, error or skipped, key, route))
+            detail = f"job {route} {state}" + (f": {error or skipped}" if state != "done" else "")
             self._set_study_from_jobs(db, key, now, detail)
 
     def _set_study_from_jobs(self, db: sqlite3.Connection, key: str, now: float,
                              detail: str) -> None:
-        """The study's state follows its jobs: processing while any runs, then done or failed."""
+        """The study's state follows its jobs: processing while any runs; then failed if one
+        failed, skipped if every one was skipped, else done."""
         states = {r["state"] for r in db.execute(
             "SELECT state FROM jobs WHERE study_key = ?", (key,))}
         if states & {"queued", "processing"}:
             state = "processing" if "processing" in states else "queued"
+        elif "failed" in states:
+            state = "failed"
         else:
-            state = "failed" if "failed" in states else "done"
-        reason = detail if state == "failed" else None
+            state = "skipped" if states == {"skipped"} else "done"
+        reason = detail if state in ("failed", "skipped") else None
         db.execute("UPDATE studies SET state = ?, updated_at = ?, reason = COALESCE(?, reason) "
                    "WHERE study_key = ?", (state, now, reason, key))
         self._event(db, key, state, detail, now)

@@ -14,6 +14,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node import router
 from pacs_node.assembler import Assembler
+from pacs_node.attrs import OWN_MANUFACTURER
 from pacs_node.config import Config, Routing
 from pacs_node.dispatch import (
     CeleryDispatcher,
@@ -48,7 +49,7 @@ class Node:
         self.deliverer = Deliverer(self.journal, config, calling_ae=config.node.ae_titles[0])
         self.dispatcher: Dispatcher = (
             CeleryDispatcher(config.broker) if config.broker is not None
-            else EmbeddedDispatcher(self.journal, config.node.embedded_workers,
+            else EmbeddedDispatcher(self.journal, lambda: self.config,
                                     handler or installed_handler()))
         self.server: ThreadedAssociationServer | None = None
         self._stop = threading.Event()
@@ -92,6 +93,10 @@ class Node:
 
     def route_study(self, key: str) -> None:
         instances = self.journal.instances(key)
+        if instances and all(i.attrs.manufacturer == OWN_MANUFACTURER for i in instances):
+            self.journal.set_state(key, "ignored", reason="our own outputs, sent back")
+            log.info("study %s: our own outputs, stored only", key)
+            return
         rules = router.route(self.config.routing, [i.attrs for i in instances])
         if not rules:
             self.journal.set_state(key, "ignored", reason="no rule matched: stored only")

@@ -39,3 +39,9 @@ class DeliveryError(UmsrepError):
     """A result or forwarded instance could not be delivered to its destination."""
 
     exit_code = 6
+
+
+class StudySkipped(UmsrepError):
+    """A study holds nothing the pipeline applies to; it ends skipped, with this reason."""
+
+    exit_code = 7

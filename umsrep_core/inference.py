@@ -88,6 +88,7 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, device: str | None = None, batch_size: int = 4) -> None:
+        self.bundle = bundle  # its manifest names the model and version in outputs
         self.device = torch.device(device or default_device())
         self.model = bundle.model.to(self.device).eval()
         self.modality = bundle.modality

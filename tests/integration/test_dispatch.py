@@ -79,7 +79,7 @@ def test_embedded_pool_runs_the_handler_and_records_its_outcome(
     seen: list[tuple[str, str]] = []
     ran = threading.Event()
 
-    def handler(study_key: str, route: str) -> None:
+    def handler(config: Config, study_key: str, route: str) -> None:
         seen.append((study_key, route))
         ran.set()
         if route == "echo-doppler":
@@ -118,7 +118,7 @@ def test_restart_redispatches_interrupted_jobs(tmp_path: Path, study_files: Any)
                               if s.state == "queued"])[0]
     node.stop()
     done = threading.Event()
-    restarted = make_node(tmp_path, handler=lambda k, r: done.set())
+    restarted = make_node(tmp_path, handler=lambda c, k, r: done.set())
     restarted.start()
     try:
         assert done.wait(20)

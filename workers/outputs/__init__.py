@@ -10,9 +10,11 @@ Builders: `seg.build_seg`, `sr.build_sr`, `derived.build_denoised`, and
 
 from __future__ import annotations
 
+from pacs_node.attrs import OWN_MANUFACTURER
+
 # Said in every output while the bundled weights come from phantoms.
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: trained on synthetic phantoms"
-MANUFACTURER = "umsrep"
+MANUFACTURER = OWN_MANUFACTURER  # the node recognises our outputs by it
 DEVICE_SERIAL_NUMBER = "umsrep"
 
 # Series numbers of our outputs: high, so that they sort after the modality's own series.

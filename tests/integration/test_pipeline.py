@@ -1,0 +1,115 @@
+"""The pipeline in the node's embedded pool: DICOM in, SEG and SR out, through the outbox."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import yaml
+
+from pacs_node import samples
+from pacs_node.config import Config
+from pacs_node.dispatch import installed_handler
+from pacs_node.node import Node
+from pacs_node.sender import send_files
+from tests.conftest import node_config, storescu, wait_until
+from tests.unit.test_inference import tiny_bundle
+
+pytestmark = pytest.mark.integration
+
+SETTLED = ("done", "failed", "skipped", "ignored")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    bundles = {m: tiny_bundle(tmp_path / "bundles", m) for m in ("cxr", "echo_doppler")}
+    raw = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 0.5, "rules": [
+        {"name": "chest", "match": {"modality": ["CR", "DX"]},
+         "process": {"pipeline": "cxr", "bundle": str(bundles["cxr"]),
+                     "outputs": ["seg", "sr", "denoised"], "destinations": ["results"]}},
+        {"name": "echo", "match": {"modality": ["US"]},
+         "process": {"pipeline": "echo_doppler", "bundle": str(bundles["echo_doppler"]),
+                     "destinations": ["results"]}},
+    ]})
+    running = Node(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))))
+    running.start()
+    yield running
+    running.stop()
+
+
+def settled(node: Node, count: int) -> list[Any]:
+    studies = node.journal.studies()
+    done = len(studies) == count and all(s.state in SETTLED for s in studies)
+    outbox_idle = all(o["state"] != "pending" for o in node.journal.outbox())
+    return studies if done and outbox_idle else []
+
+
+def test_the_workers_provide_the_embedded_handler() -> None:
+    from workers.pipeline import process_study
+
+    assert installed_handler() is process_study
+
+
+def test_chest_and_doppler_studies_come_out_as_seg_and_sr(node: Node, tmp_path: Path) -> None:
+    cr = samples.write_study(tmp_path / "cr", "cr", 1, rows=320, columns=280)
+    us = samples.write_study(tmp_path / "us", "us_doppler", 2, rows=300, columns=400)
+    assert storescu(node.port, cr).returncode == 0
+    assert storescu(node.port, us).returncode == 0
+    studies = wait_until(lambda: settled(node, 2), timeout=90)
+    assert {s.state for s in studies} == {"done"}, [(s.state, s.reason) for s in studies]
+    results = node.config.folder("results")
+    assert results is not None
+    written = [pydicom.dcmread(p) for p in sorted(results.rglob("*.dcm"))]
+    kinds = sorted((ds.Modality, ds.StudyInstanceUID) for ds in written)
+    cr_study, us_study = (pydicom.dcmread(f[0]).StudyInstanceUID for f in (cr, us))
+    assert kinds == sorted([("CR", cr_study), ("SEG", cr_study), ("SR", cr_study),
+                            ("SEG", us_study), ("SR", us_study)])
+    denoised = next(ds for ds in written if ds.Modality == "CR")
+    assert denoised.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    assert list(denoised.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    for ds in written:
+        assert "NOT FOR CLINICAL USE" in ds.SeriesDescription
+    seg = next(ds for ds in written if ds.Modality == "SEG" and ds.StudyInstanceUID == cr_study)
+    source_uid = pydicom.dcmread(cr[0]).SOPInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0] \
+        .ReferencedSOPInstanceUID == source_uid
+    validity = subprocess.run(["/usr/bin/dciodvfy", str(next(results.rglob("SR-*.dcm")))],
+                              capture_output=True, text=True)
+    assert not [line for line in validity.stderr.splitlines() if line.startswith("Error")]
+    steps = [e["state"] for e in node.journal.events(studies[0].study_key)]
+    assert {"load", "inference", "writing"} <= set(steps)
+
+
+def test_nothing_applicable_ends_skipped_with_its_reason(node: Node, tmp_path: Path) -> None:
+    lateral = samples.cr_dataset(5, rows=256, columns=256)
+    lateral.ViewPosition = "LL"
+    bmode = samples.write_study(tmp_path / "bmode", "us_bmode", 6, rows=200, columns=200)
+    assert storescu(node.port, [samples.write(lateral, tmp_path / "lat.dcm")]).returncode == 0
+    assert storescu(node.port, bmode).returncode == 0
+    studies = wait_until(lambda: settled(node, 2), timeout=60)
+    reasons = {s.route: (s.state, s.reason or "") for s in studies}
+    assert reasons["chest"][0] == "skipped" and "not a frontal view" in reasons["chest"][1]
+    assert reasons["echo"][0] == "skipped" and "no spectral Doppler region" in reasons["echo"][1]
+    assert node.journal.outbox() == []
+
+
+def test_the_same_study_twice_adds_nothing_and_our_outputs_are_not_processed(
+        node: Node, tmp_path: Path) -> None:
+    cr = samples.write_study(tmp_path / "cr", "cr", 7, rows=256, columns=256)
+    assert storescu(node.port, cr).returncode == 0
+    wait_until(lambda: settled(node, 1), timeout=60)
+    results = node.config.folder("results")
+    assert results is not None
+    first = {p.name: p.read_bytes() for p in results.rglob("*.dcm")}
+    assert storescu(node.port, cr).returncode == 0  # sent again: a second version
+    wait_until(lambda: settled(node, 2), timeout=60)
+    assert {p.name: p.read_bytes() for p in results.rglob("*.dcm")} == first
+    outputs = sorted(results.rglob("*.dcm"))
+    # A PACS sends our outputs back (dcmtk's storescu proposes no SEG context by default).
+    assert all(r.ok for r in send_files("127.0.0.1", node.port, outputs, called_ae="UMSREP"))
+    studies = wait_until(lambda: settled(node, 3), timeout=60)
+    assert studies[-1].state == "ignored" and "our own outputs" in (studies[-1].reason or "")

@@ -1,0 +1,146 @@
+"""`process_study(config, study_key, route)`: the UMS-Rep pipeline for one routed study.
+
+A plain function, called alike by the Celery task and by the node's embedded pool (entry
+point `umsrep.handlers` / `umsrep.process_study`). It reads the study's instances from the
+spool through the journal, keeps the images its pipeline applies to (and says why it left the
+others), runs the bundle's encoder once per image for every head, writes SEG, TID 1500 SR and,
+if asked, denoised images, and queues them in the outbox for the route's destinations. Every
+output's UIDs derive from its inputs, so running a study twice writes the same files again,
+and the outbox sends a file to a destination once.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from pacs_node.config import Config, Process
+from pacs_node.journal import Journal
+from pacs_node.node import journal_path
+from pacs_node.spool import write_durably
+from umsrep_core.errors import RoutingError, StudySkipped
+from umsrep_core.inference import Prediction, Predictor, default_device
+from umsrep_core.models.bundle import load_bundle
+from workers.outputs.derived import build_denoised, build_frame_image
+from workers.outputs.seg import build_seg
+from workers.outputs.sr import build_sr
+
+log = logging.getLogger(__name__)
+
+CHEST_MODALITIES = ("CR", "DX")
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
+
+
+@functools.lru_cache(maxsize=4)
+def predictor(bundle: str) -> Predictor:
+    """The bundle's predictor, loaded once per process and kept warm."""
+    return Predictor(load_bundle(bundle, device=default_device()))
+
+
+def not_applicable(pipeline: str, ds: Dataset) -> str | None:
+    """Why the pipeline does not apply to this image, or None when it does."""
+    modality = str(ds.get("Modality", ""))
+    if pipeline == "cxr":
+        if modality not in CHEST_MODALITIES:
+            return f"modality {modality or 'missing'} is not CR/DX"
+        view = str(ds.get("ViewPosition", "")).upper()
+        return f"not a frontal view (ViewPosition {view})" if view in LATERAL_VIEWS else None
+    from pacs_node.attrs import has_spectral_doppler  # noqa: PLC0415 - beside its one use
+
+    return None if has_spectral_doppler(ds) else "no spectral Doppler region"
+
+
+def frames_of(ds: Dataset) -> list[Dataset]:
+    """Single-frame images to build on: the image itself, or a copy of each of its frames
+    (highdicom builds SEG on single-frame images only)."""
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    return [ds] if count == 1 else [build_frame_image(ds, n) for n in range(1, count + 1)]
+
+
+def rule_process(config: Config, route: str) -> Process:
+    for rule in config.routing.rules:
+        if rule.name == route and rule.process is not None:
+            return rule.process
+    raise RoutingError(f"no process rule named {route!r} in the configuration")
+
+
+def outputs_for(source: Dataset, prediction: Prediction, process: Process, model_name: str,
+                model_version: str) -> list[Dataset]:
+    modality = process.pipeline
+    objects: list[Dataset] = []
+    if {"seg", "sr"} & set(process.outputs):
+        seg = build_seg(source, prediction.masks, model_name=model_name,
+                        model_version=model_version, modality=modality)
+        if "seg" in process.outputs:
+            objects.append(seg)
+        if "sr" in process.outputs:
+            objects.append(build_sr(source, seg, prediction.to_json(), model_name=model_name,
+                                    model_version=model_version, modality=modality))
+    if "denoised" in process.outputs and prediction.denoised is not None:
+        objects.append(build_denoised(source, prediction.denoised, model_name=model_name,
+                                      model_version=model_version))
+    return objects
+
+
+def write_output(ds: Dataset, folder: Path) -> Path:
+    path = folder / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_durably(path, lambda f: f.write(buffer.getbuffer()))
+    return path
+
+
+def process_study(config: Config, study_key: str, route: str) -> None:
+    journal = Journal(journal_path(config.node.data_dir))
+    try:
+        _process(journal, config, study_key, route)
+    finally:
+        journal.close()
+
+
+def _process(journal: Journal, config: Config, study_key: str, route: str) -> None:
+    process = rule_process(config, route)
+    started = time.perf_counter()
+    model = predictor(process.bundle or process.pipeline)
+    name, version = str(model.bundle.manifest["name"]), str(model.bundle.manifest["version"])
+    journal.note(study_key, "load", f"bundle {name} {version}: "
+                                    f"{time.perf_counter() - started:.2f} s")
+    study = journal.study(study_key)
+    assert study is not None, study_key
+    folder = config.node.data_dir / "outputs" / study.study_uid
+    written: list[Path] = []
+    skipped: list[str] = []
+    inference_s = writing_s = 0.0
+    for instance in journal.instances(study_key):
+        ds = pydicom.dcmread(instance.path)
+        why = not_applicable(process.pipeline, ds)
+        if why is not None:
+            skipped.append(f"{instance.sop_instance_uid}: {why}")
+            continue
+        for source in frames_of(ds):
+            t0 = time.perf_counter()
+            prediction = model.predict_dicom(source)[0]
+            t1 = time.perf_counter()
+            objects = outputs_for(source, prediction, process, name, version)
+            if source is not ds:
+                objects.insert(0, source)  # the frame image that SEG and SR reference
+            written += [write_output(o, folder) for o in objects]
+            inference_s += t1 - t0
+            writing_s += time.perf_counter() - t1
+            log.info("study %s: %s %s, %d outputs", study_key, process.pipeline,
+                     prediction.label, len(objects))
+    if skipped:
+        journal.note(study_key, "skipped images", "; ".join(skipped))
+    if not written:
+        raise StudySkipped("nothing the pipeline applies to: " + "; ".join(skipped))
+    journal.note(study_key, "inference", f"{inference_s:.2f} s")
+    journal.note(study_key, "writing", f"{writing_s:.2f} s, {len(written)} objects")
+    for destination in process.destinations:
+        journal.enqueue(study_key, destination, written)
