@@ -1,0 +1,55 @@
+"""The Celery app: `celery -A workers.app worker -Q cxr,echo_doppler`.
+
+Configuration: the node's YAML file named by UMSREP_CONFIG (the packaged defaults without
+it); UMSREP_BROKER_URL overrides its broker. JSON only; a task is acknowledged after it ran
+(acks_late) and given back if its worker dies (reject_on_worker_lost); one task at a time per
+process (prefetch 1), so that one process per GPU keeps one model warm. Events are on for
+Flower. One queue per pipeline, so a host can take only what it serves.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from celery import Celery
+from kombu import Queue
+
+from pacs_node.config import PIPELINES, Config
+from pacs_node.yamlconf import load_config
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+# Redis re-delivers a task not acknowledged within this time: above the longest study.
+VISIBILITY_TIMEOUT_S = 4 * 3600
+
+
+@functools.lru_cache(maxsize=1)
+def settings() -> Config:
+    path = os.environ.get("UMSREP_CONFIG")
+    return load_config(Path(path) if path else None)
+
+
+def broker_url() -> str:
+    broker = settings().broker
+    return os.environ.get("UMSREP_BROKER_URL") or (broker.url if broker else DEFAULT_BROKER)
+
+
+def make_app() -> Celery:
+    broker = settings().broker
+    celery = Celery("umsrep", broker=broker_url(),
+                    backend=broker.result_backend if broker else None,
+                    include=["workers.tasks"])
+    celery.conf.update(
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        worker_send_task_events=True, task_send_sent_event=True, task_track_started=True,
+        task_queues=[Queue(name) for name in PIPELINES],
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+app = make_app()
