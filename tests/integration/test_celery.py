@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ import pytest
 import redis
 
 from pacs_node import samples
-from tests.conftest import node_config, storescu, wait_until
+from tests.conftest import free_port, node_config, storescu, wait_for_port, wait_until
 from tests.unit.test_inference import tiny_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,12 +41,13 @@ def config_with(tmp_path: Path, name: str, broker: bool) -> dict[str, Any]:
 def worker(tmp_path: Path) -> Iterator[Any]:
     procs: list[subprocess.Popen[str]] = []
 
-    def start(config_path: Path) -> subprocess.Popen[str]:
+    def start(config_path: Path, *command: str) -> subprocess.Popen[str]:
+        """`celery -A workers.app COMMAND...`; a worker on the cxr queue by default."""
+        command = command or ("worker", "-Q", "cxr", "-c", "1", "-n", f"test-{os.getpid()}@%h")
         env = {**os.environ, "UMSREP_CONFIG": str(config_path)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "cxr",
-             "-c", "1", "--loglevel", "INFO", "-n", f"test-{os.getpid()}@%h"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"),  # noqa: SIM115
+            [sys.executable, "-m", "celery", "-A", "workers.app", *command],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{command[0]}.log", "w"),  # noqa: SIM115
             text=True, env=env)
         procs.append(proc)
         return proc
@@ -54,6 +59,15 @@ def worker(tmp_path: Path) -> Iterator[Any]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def flower_tasks(port: int) -> dict[str, Any]:
+    """Flower's finished tasks, through its API with the basic auth of the documented setup."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:secret").decode())
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        tasks: dict[str, Any] = json.loads(reply.read())
+    return {k: t for k, t in tasks.items() if t.get("state") == "SUCCESS"}
 
 
 def outputs(data_dir: Path) -> dict[str, bytes]:
@@ -68,10 +82,23 @@ def test_celery_worker_processes_the_study_like_the_embedded_pool(
     celery_config = config_with(tmp_path, "celery", broker=True)
     node = serve(celery_config, data_dir=tmp_path / "celery")
     worker(node.config_path)
+    flower_port = free_port()
+    flower = worker(node.config_path, "flower", f"--port={flower_port}", "--address=127.0.0.1",
+                    "--basic-auth=admin:secret")
+    wait_for_port(flower_port, timeout=60, proc=flower)
     assert storescu(node.port, files).returncode == 0
     wait_until(lambda: len(outputs(node.data_dir)) == 2, timeout=120)
-    listed = node.umsrep("studies", "--data-dir", str(node.data_dir), "--json")
-    assert '"state": "done"' in listed.stdout
+    listed = json.loads(node.umsrep("studies", "--data-dir", str(node.data_dir),
+                                    "--json").stdout)
+    assert listed[0]["state"] == "done"
+
+    tasks = wait_until(lambda: flower_tasks(flower_port), timeout=30)
+    [task] = tasks.values()
+    assert task["name"] == "umsrep.process_study" and task["state"] == "SUCCESS"
+    assert listed[0]["study_key"] in task["args"] and "chest" in task["args"]
+    assert "PHANTOM" not in json.dumps(task)  # no patient name or ID
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/api/tasks", timeout=10)
     node.stop()
 
     embedded = serve(config_with(tmp_path, "embedded", broker=False),
