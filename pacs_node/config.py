@@ -76,6 +76,9 @@ class Node(Strict):
     max_image_pixels: int = Field(default=300_000_000, ge=1)  # rows x columns x frames
     min_free_disk_mb: int = Field(default=1024, ge=0)
     embedded_workers: int = Field(default=2, ge=1)  # the in-process pool, with no broker
+    # Prometheus metrics on http://<metrics_bind>:<metrics_port>/metrics; None: not served.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_bind: str = "127.0.0.1"
 
     @field_validator("ae_titles")
     @classmethod

@@ -293,6 +293,14 @@ class Journal:
         return [dict(r) for r in self._query(
             "SELECT at, state, detail FROM events WHERE study_key = ? ORDER BY id", (key,))]
 
+    def state_counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._query(
+            "SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
+
+    def outbox_counts(self) -> dict[tuple[str, str], int]:
+        return {(r["destination"], r["state"]): r["n"] for r in self._query(
+            "SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state")}
+
     def counts(self) -> dict[str, int]:
         """Instances per study key, for listing without loading every row."""
         return {r["study_key"]: r["n"] for r in self._query(

@@ -24,6 +24,7 @@ from pacs_node.dispatch import (
     installed_handler,
 )
 from pacs_node.journal import Journal
+from pacs_node.metrics import serve_metrics
 from pacs_node.outbox import Deliverer
 from pacs_node.scp import Receiver, start_server
 from pacs_node.spool import Spool
@@ -65,6 +66,9 @@ class Node:
         if removed:
             log.info("removed %d partial spool files left by a stop", removed)
         self.resume()
+        node = self.config.node
+        if node.metrics_port is not None:
+            serve_metrics(self.journal, node.metrics_bind, node.metrics_port)
         self.server = start_server(self.config, self.receiver)
         self.assembler.start()
         self.deliverer.start()

@@ -30,7 +30,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs_node import attrs
+from pacs_node import attrs, metrics
 from pacs_node.config import Caller, Config
 from pacs_node.journal import Journal
 from pacs_node.sender import server_tls_context
@@ -210,6 +210,7 @@ class Receiver:
         if entry is None:
             return
         outcome = "released" if event.assoc.is_released else "aborted"
+        metrics.ASSOCIATIONS.labels(outcome).inc()
         log.info("association %s: calling AE %r from %s, %d stored, %d failed, %d studies, "
                  "%.2f s", outcome, entry.calling_ae, entry.peer, entry.stored, entry.failed,
                  len(entry.studies), time.monotonic() - entry.started)
@@ -217,6 +218,10 @@ class Receiver:
     # --- C-STORE ----------------------------------------------------------------------------
 
     def on_store(self, event: Event) -> int | Dataset:
+        with metrics.STORE_SECONDS.time():
+            return self._on_store(event)
+
+    def _on_store(self, event: Event) -> int | Dataset:
         entry = self._log_of(event.assoc)
         request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID or "")
@@ -224,6 +229,7 @@ class Receiver:
             key = self._store(event, entry)
         except Rejected as exc:
             entry.failed += 1
+            metrics.REFUSED.labels(f"0x{exc.status:04X}").inc()
             log.warning("C-STORE refused (0x%04X) from %r: %s", exc.status, entry.calling_ae, exc)
             self.journal.reject(calling_ae=entry.calling_ae, peer=entry.peer,
                                 sop_instance_uid=sop_uid[:64] or None, status=exc.status,
@@ -234,6 +240,7 @@ class Receiver:
             return status
         entry.stored += 1
         entry.studies.add(key)
+        metrics.STORED.inc()
         return SUCCESS
 
     def _store(self, event: Event, entry: AssociationLog) -> str:

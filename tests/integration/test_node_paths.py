@@ -174,3 +174,25 @@ def test_no_config_runs_on_the_packaged_defaults_with_overrides(tmp_path: Path,
         _, err = proc.communicate(timeout=30)
     assert f"listening on 127.0.0.1:{port} as OTHERAE" in err
     assert (data_dir / "journal.db").exists() and not (tmp_path / "umsrep-data").exists()
+
+
+def test_prometheus_metrics_follow_the_journal(serve: Any, study_files: Any,
+                                               tmp_path: Path) -> None:
+    import urllib.request
+
+    metrics_port = free_port()
+    keep = {"quiet_seconds": 0.5, "rules": [{"name": "keep", "ignore": {}}]}
+    node = serve(node_config(tmp_path / "data", 0, routing=keep,
+                             node={"metrics_port": metrics_port}))
+    assert storescu(node.port, study_files("ct", count=2)).returncode == 0
+    assert storescu(node.port, study_files("cr")).returncode == 0
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=10) as reply:
+            return str(reply.read().decode())
+
+    text = wait_until(lambda: (t := scrape()) and 'umsrep_studies{state="ignored"} 2.0' in t
+                      and t)
+    assert "umsrep_instances_stored_total 3.0" in text
+    assert 'umsrep_associations_total{outcome="released"}' in text
