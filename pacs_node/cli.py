@@ -116,7 +116,7 @@ def _samples(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pacs_node.demo import run_demo  # noqa: PLC0415
+    from workers.demo import run_demo  # noqa: PLC0415 - the whole product: models included
 
     return run_demo(args.out)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -128,6 +129,8 @@ def _process(journal: Journal, config: Config, study_key: str, route: str) -> No
             t0 = time.perf_counter()
             prediction = model.predict_dicom(source)[0]
             t1 = time.perf_counter()
+            journal.note(study_key, "findings", json.dumps(
+                {"sop_instance_uid": str(source.SOPInstanceUID), **prediction.to_json()}))
             objects = outputs_for(source, prediction, process, name, version)
             if source is not ds:
                 objects.insert(0, source)  # the frame image that SEG and SR reference

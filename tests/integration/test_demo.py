@@ -1,0 +1,35 @@
+"""`umsrep demo`, the README's first command, end to end on the embedded default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.unit.test_inference import tiny_bundle
+from umsrep_core.models.bundle import available_bundles
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_sends_studies_and_writes_results_and_overlays(tmp_path: Path) -> None:
+    # A bundle name resolves to the packaged bundle, else to a folder of that name here:
+    # without packaged bundles the demo runs on tiny untrained ones.
+    for modality in ("cxr", "echo_doppler"):
+        if modality not in available_bundles():
+            tiny_bundle(tmp_path, modality)
+    result = subprocess.run([sys.executable, "-m", "pacs_node.cli", "demo", "--out", "out"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("chest-xray") and " done " in line for line in lines)
+    assert any(line.startswith("echo-doppler") and " done " in line for line in lines)
+    assert any(line.startswith("chest-xray") and "skipped" in line for line in lines)
+    assert "NOT FOR CLINICAL USE" in result.stdout
+    modalities = sorted(pydicom.dcmread(p).Modality
+                        for p in (tmp_path / "out/data/results").rglob("*.dcm"))
+    assert modalities == ["SEG", "SEG", "SR", "SR"]
+    assert len(list((tmp_path / "out/overlays").glob("SEG-*.png"))) == 2

@@ -1,0 +1,138 @@
+"""`umsrep demo`: the whole product on the embedded default, in one command.
+
+It starts a node on a free loopback port with no broker (the pipeline runs in the node's own
+pool), writes synthetic studies made from the phantoms (a chest CR, a mitral-inflow Doppler
+strip, a lateral chest view the chest pipeline skips, a CT that is only stored), sends
+them over DICOM as a PACS would, waits until every study has settled and its results are
+delivered, prints the findings and measurements, and writes under OUT the DICOM objects that
+came back (OUT/data/results) and PNG overlays of the masks (OUT/overlays).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+from pacs_node import samples, sender
+from pacs_node.config import Config
+from pacs_node.node import Node
+from pacs_node.yamlconf import load_config
+from umsrep_core.evaluation.report import overlay
+from umsrep_core.imaging.pixels import read_frames
+from umsrep_core.phantoms.chest import make_chest
+from umsrep_core.phantoms.doppler import make_doppler
+
+SETTLED = ("done", "failed", "ignored", "skipped")
+
+
+def demo_studies(folder: Path) -> list[list[Path]]:
+    chest = make_chest(1, size=1024, abnormal=True)
+    cr = samples.cr_dataset(1, pixels=chest.image, monochrome=chest.photometric,
+                            pixel_spacing=chest.pixel_spacing_mm)
+    doppler = make_doppler(2, kind="mitral_inflow")
+    us = samples.us_doppler_dataset(2, pixels=doppler.image, region=doppler.region)
+    lateral = samples.cr_dataset(3, pixels=chest.image, monochrome=chest.photometric,
+                                 view="LL")
+    return [[samples.write(cr, folder / "cr.dcm")], [samples.write(us, folder / "doppler.dcm")],
+            [samples.write(lateral, folder / "lateral.dcm")],
+            samples.write_study(folder / "ct", "ct", 4, count=3, rows=128, columns=128)]
+
+
+def settled(node: Node, count: int) -> bool:
+    studies = node.journal.studies()
+    pending = any(o["state"] == "pending" for o in node.journal.outbox())
+    return len(studies) == count and all(s.state in SETTLED for s in studies) and not pending
+
+
+def findings(node: Node, key: str) -> list[dict[str, Any]]:
+    return [json.loads(e["detail"]) for e in node.journal.events(key)
+            if e["state"] == "findings"]
+
+
+def summary(result: dict[str, Any]) -> str:
+    if result.get("modality") == "cxr":
+        areas = result.get("areas_mm2") or {}
+        lungs = sum(v for k, v in areas.items() if "lung" in k and v) / 100
+        ctr = result.get("ctr")
+        return (f"CTR {ctr:.2f}" if ctr is not None else "CTR -") + f", lungs {lungs:.0f} cm2"
+    parts = [f"{name} {result[key]:.0f} cm/s" for name, key in
+             (("peak", "peak_velocity_cm_s"), ("E", "e_cm_s"), ("A", "a_cm_s"))
+             if result.get(key) is not None]
+    if result.get("e_a_ratio") is not None:
+        parts.append(f"E/A {result['e_a_ratio']:.2f}")
+    if result.get("vti_cm") is not None:
+        parts.append(f"VTI {result['vti_cm']:.1f} cm")
+    return ", ".join(parts) or "-"
+
+
+def write_overlays(results: Path, spool_of: dict[str, str], out: Path) -> list[Path]:
+    """Each SEG's masks over the image it segments, as PNG."""
+    import matplotlib.image  # noqa: PLC0415 - only the demo draws
+
+    written = []
+    for path in sorted(results.rglob("SEG-*.dcm")):
+        seg = hd.seg.segread(path)
+        source_uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0] \
+            .ReferencedSOPInstanceUID
+        if source_uid not in spool_of:
+            continue
+        image = read_frames(pydicom.dcmread(spool_of[source_uid]))[0]
+        pixels = seg.get_pixels_by_source_instance([source_uid])[0]  # rows x cols x segments
+        masks = {seg.get_segment_description(n).segment_label: pixels[..., i] > 0
+                 for i, n in enumerate(seg.segment_numbers)}
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / f"{path.stem}.png"
+        matplotlib.image.imsave(target, np.clip(overlay(image, masks), 0, 1))
+        written.append(target)
+    return written
+
+
+def run_demo(out: Path, timeout_s: float = 600.0) -> int:
+    defaults = load_config(None)
+    config = Config.model_validate({
+        **defaults.model_dump(),
+        "node": {**defaults.node.model_dump(), "port": 0, "data_dir": out / "data"},
+        "routing": {**defaults.routing.model_dump(), "quiet_seconds": 2},
+    })
+    node = Node(config)
+    node.start()
+    try:
+        studies = demo_studies(out / "sent")
+        files = [f for study in studies for f in study]
+        print(f"sending {len(files)} files ({len(studies)} studies) to "
+              f"UMSREP@127.0.0.1:{node.port} ...")
+        results = sender.send_files("127.0.0.1", node.port, files, called_ae="UMSREP",
+                                    calling_ae="DEMO")
+        print(f"stored {sum(r.ok for r in results)} of {len(results)}; processing ...")
+        deadline = time.monotonic() + timeout_s
+        while not settled(node, len(studies)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rows = []
+        for study in node.journal.studies():
+            found = findings(node, study.study_key) or [{}]
+            for result in found:
+                probability = result.get("probability")
+                rows.append((study.route or "-", study.state,
+                             str(result.get("label") or "-"),
+                             f"{probability:.2f}" if probability is not None else "-",
+                             summary(result) if result else (study.reason or "")[:70]))
+        header = ("ROUTE", "STATE", "FINDING", "PROB", "MEASUREMENTS / REASON")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        folder = config.folder("results")
+        assert folder is not None
+        spool_of = {i.sop_instance_uid: i.path for i in node.journal.all_instances()}
+        overlays = write_overlays(folder, spool_of, out / "overlays")
+        print(f"\nDICOM results (SEG, SR): {folder}\nmask overlays: "
+              f"{', '.join(str(p) for p in overlays) or 'none'}\n"
+              "NOT FOR CLINICAL USE: the demo weights are trained on synthetic phantoms.")
+        return 0 if settled(node, len(studies)) else 1
+    finally:
+        node.stop()
