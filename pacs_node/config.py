@@ -122,6 +122,10 @@ class Retry(Strict):
 class Broker(Strict):
     url: str
     result_backend: str | None = None
+    # A job no worker has started this long after it was sent is sent again: Redis may have
+    # lost the message (it keeps nothing on a restart). Duplicates are harmless: a finished
+    # job is not run again, and outputs are deterministic.
+    redispatch_after_s: float = Field(default=600.0, gt=0)
 
 
 # --- routing ---------------------------------------------------------------------------------

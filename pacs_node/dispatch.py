@@ -42,7 +42,16 @@ def installed_handler(name: str = TASK_NAME) -> Handler | None:
 
 def run_job(journal: Journal, config: Config, study_key: str, route: str,
             handler: Handler | None) -> None:
-    """Run one job and record its start and outcome in the journal (both dispatch paths)."""
+    """Run one job and record its start and outcome in the journal (both dispatch paths).
+
+    A job already finished is not run again: a message sent twice (see redispatch) or
+    redelivered after a worker died costs nothing.
+    """
+    finished = [j for j in journal.jobs(study_key)
+                if j["route"] == route and j["state"] in ("done", "skipped", "failed")]
+    if finished:
+        log.info("study %s: job %s already %s", study_key, route, finished[0]["state"])
+        return
     journal.start_job(study_key, route)
     log.info("study %s: job %s started", study_key, route)
     try:

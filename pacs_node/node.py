@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -127,10 +128,17 @@ class Node:
             log.info("study %s: ignored by rule(s) %s", key, names)
 
     def dispatch_pending(self, key: str | None = None) -> None:
-        """Dispatch the jobs not yet handed to a dispatcher (all studies when key is None)."""
+        """Dispatch the jobs not yet handed to a dispatcher, or sent so long ago that the
+        broker may have lost them (all studies when key is None)."""
+        broker = self.config.broker
+        stale_before = time.time() - broker.redispatch_after_s if broker else 0.0
         for job in self.journal.jobs(key):
-            if job["state"] != "queued" or job["dispatched_at"] is not None:
+            sent = job["dispatched_at"]
+            if job["state"] != "queued" or (sent is not None and sent > stale_before):
                 continue
+            if sent is not None:
+                log.warning("study %s: job %s not started %.0f s after it was sent: sending "
+                            "it again", job["study_key"], job["route"], time.time() - sent)
             try:
                 self.dispatcher.dispatch(job["study_key"], job["route"], job["queue"])
             except DeliveryError as exc:

@@ -106,3 +106,46 @@ def test_celery_worker_processes_the_study_like_the_embedded_pool(
     assert storescu(embedded.port, files).returncode == 0
     wait_until(lambda: len(outputs(embedded.data_dir)) == 2, timeout=120)
     assert outputs(embedded.data_dir) == outputs(node.data_dir)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of this test's own on a free port, which the test may kill and restart."""
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_for_port(port, proc=proc)
+        return proc
+
+    start.url = f"redis://127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_restarted_redis_loses_the_message_and_the_node_sends_it_again(
+        serve: Any, worker: Any, own_redis: Any, tmp_path: Path) -> None:
+    first = own_redis()
+    config = config_with(tmp_path, "data", broker=True)
+    config["broker"] = {"url": own_redis.url, "redispatch_after_s": 1}
+    node = serve(config, data_dir=tmp_path / "data")
+    files = samples.write_study(tmp_path / "cr", "cr", 12, rows=256, columns=256)
+    assert storescu(node.port, files).returncode == 0
+    client = redis.Redis.from_url(own_redis.url)
+    wait_until(lambda: client.llen("cxr") == 1)  # sent, no worker yet
+    first.kill()  # Redis dies; it kept nothing
+    first.wait()
+    own_redis()
+    assert client.llen("cxr") == 0
+    wait_until(lambda: "sending it again" in node.log(), timeout=30)
+    worker(node.config_path)
+    wait_until(lambda: len(outputs(node.data_dir)) == 2, timeout=120)
+    studies = json.loads(node.umsrep("studies", "--data-dir", str(node.data_dir),
+                                     "--json").stdout)
+    assert [s["state"] for s in studies] == ["done"]

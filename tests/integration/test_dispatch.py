@@ -125,3 +125,18 @@ def test_restart_redispatches_interrupted_jobs(tmp_path: Path, study_files: Any)
         wait_until(lambda: restarted.journal.study(key).state == "done")  # type: ignore[union-attr]
     finally:
         restarted.stop()
+
+
+def test_a_finished_job_is_not_run_again(tmp_path: Path) -> None:
+    from pacs_node.dispatch import run_job
+    from tests.unit.test_journal import add
+
+    node = make_node(tmp_path)
+    key = add(node.journal, "1.2.3.1.1")
+    node.journal.add_job(key, "chest-xray", "cxr")
+    runs: list[str] = []
+    for _ in range(2):  # the same message delivered twice
+        run_job(node.journal, node.config, key, "chest-xray", lambda c, k, r: runs.append(k))
+    assert runs == [key]
+    assert node.journal.study(key).state == "done"  # type: ignore[union-attr]
+    node.journal.close()
