@@ -196,3 +196,17 @@ def test_prometheus_metrics_follow_the_journal(serve: Any, study_files: Any,
                       and t)
     assert "umsrep_instances_stored_total 3.0" in text
     assert 'umsrep_associations_total{outcome="released"}' in text
+
+
+def test_send_and_echo_commands_and_several_called_ae_titles(serve: Any, study_files: Any,
+                                                             tmp_path: Path) -> None:
+    node = serve(node_config(tmp_path / "data", 0, node={"ae_titles": ["UMSREP", "SECOND"]}))
+    folder = study_files("ct", count=3)[0].parent
+    (folder / "notes.txt").write_text("not DICOM")
+    sent = node.umsrep("send", "127.0.0.1", str(node.port), str(folder), "--aec", "SECOND")
+    assert sent.returncode == 0, sent.stderr
+    assert "skipped (not DICOM)" in sent.stdout and "sent 3 of 3 files" in sent.stdout
+    echo = node.umsrep("echo", "127.0.0.1", str(node.port), "--aec", "UMSREP")
+    assert echo.returncode == 0 and "status 0x0000" in echo.stdout
+    wrong = node.umsrep("echo", "127.0.0.1", str(node.port), "--aec", "THIRD")
+    assert wrong.returncode == 6 and "umsrep: error:" in wrong.stderr
