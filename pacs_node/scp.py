@@ -1,30 +1,34 @@
 """The DICOM edge: association checks, C-ECHO and C-STORE into the spool and journal.
 
-Small handlers bound to pynetdicom events. A C-STORE is answered Success only after the
-bytes are fsynced under their final name and the journal row is committed.
+Small handlers bound to pynetdicom events. pynetdicom writes each dataset, bytes as received,
+to a temporary file in the spool while it arrives; the handler checks it, fsyncs it, renames
+it to its final name and commits the journal row, and only then answers Success.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import ip_address
-from typing import Any, cast
+from pathlib import Path
+from tempfile import NamedTemporaryFile
+from typing import Any, BinaryIO, cast
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import UID
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]
@@ -53,7 +57,7 @@ DICOM_ROOT = "1.2.840.10008."
 UNDEFINED_LENGTH = 0xFFFFFFFF
 SEQUENCE_DELIMITER = bytes.fromhex("feffdde000000000")
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
-PREAMBLE = b"\x00" * 128 + b"DICM"
+META_START = 132  # preamble and "DICM"
 DEFER_BYTES = 4096  # values larger than this are not read: only their length is checked
 
 
@@ -95,15 +99,20 @@ def _same_host(a: str, b: str) -> bool:
     return ia == ib
 
 
-def parse(received: io.BytesIO, syntax: UID) -> tuple[Dataset, int]:
-    """The dataset as received, large values deferred (not read); and the parsed length."""
-    stream = received
-    if syntax.is_deflated:
-        stream = io.BytesIO(zlib.decompress(received.getvalue(), -zlib.MAX_WBITS))
-    stream.seek(0)
-    ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
-                      defer_size=DEFER_BYTES)
-    return ds, len(stream.getbuffer())
+def parse(path: Path, syntax: UID) -> tuple[Dataset, int]:
+    """The dataset of a received file, large values deferred (not read); and the length its
+    element offsets count against (the file's, or the inflated dataset's when deflated)."""
+    meta_end = META_START + 12 + int(read_file_meta_info(path).FileMetaInformationGroupLength)
+    with open(path, "rb") as f:
+        f.seek(meta_end)
+        stream: BinaryIO = f
+        length = os.fstat(f.fileno()).st_size
+        if syntax.is_deflated:
+            stream = io.BytesIO(zlib.decompress(f.read(), -zlib.MAX_WBITS))
+            length = len(stream.getbuffer())
+        ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
+                          defer_size=DEFER_BYTES)
+    return ds, length
 
 
 def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
@@ -251,7 +260,7 @@ class Receiver:
         sop_class = str(event.request.AffectedSOPClassUID or "")
         if not storage_supported(sop_class):
             raise Rejected(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not storage")
-        received = cast(io.BytesIO, cast(C_STORE, event.request).DataSet)
+        received = event.dataset_path  # written by pynetdicom as the fragments arrived
         syntax = event.context.transfer_syntax
         try:
             ds, parsed_len = parse(received, syntax)
@@ -274,11 +283,8 @@ class Receiver:
         called = event.assoc.acceptor.ae_title.strip()
         instance_attrs = attrs.extract(ds, entry.calling_ae, called)
         path = self.spool.path(study_uid, series_uid, sop_uid)
-        head = PREAMBLE + encode_file_meta(event.file_meta)
         try:
-            with received.getbuffer() as body:  # the bytes as received, not copied
-                self.spool.write(path, head, body)
-                size = len(head) + len(body)
+            size = self.spool.adopt(received, path)
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"cannot write the spool: {exc.strerror}") from exc
         return self.journal.add_instance(
@@ -294,6 +300,11 @@ def start_server(config: Config, receiver: Receiver) -> ThreadedAssociationServe
     # private objects are stored as sent; public UIDs that are not storage classes get 0x0122.
     # pynetdicom keeps this switch per process: the node's process is the node's.
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # Write each dataset to a file in the spool's own folder while its fragments arrive, so
+    # that storing it is an fsync and a rename (same file system), overlapped with the network.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
+        NamedTemporaryFile, dir=receiver.spool.incoming)
     ae = AE(ae_title=node.ae_titles[0])
     ae.add_supported_context(Verification)
     ae.require_called_aet = False  # several called AE titles: checked in on_requested

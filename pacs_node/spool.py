@@ -1,7 +1,8 @@
 """The spool: each instance's bytes exactly as received, written durably.
 
-Temporary file in the final directory, fsync, atomic rename, fsync of the directory: a
-file under its final name is always whole. Names derive from UIDs, checked first, so a
+A received dataset is written to a temporary file under `.incoming/` as it arrives, then
+fsynced and renamed to its final name (same file system), and the directory fsynced: a file
+under its final name is always whole. Names derive from UIDs, checked first, so a
 UID can never walk out of the spool.
 """
 
@@ -37,20 +38,24 @@ def check_uid(value: object, name: str) -> str:
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.incoming = root / ".incoming"  # datasets being received, not yet checked
+        self.incoming.mkdir(parents=True, exist_ok=True)
 
     def path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
 
-    def write(self, path: Path, *parts: bytes | memoryview) -> None:
-        """Write the parts to `path` so that `path` is absent or whole, even after a crash."""
+    def adopt(self, received: Path, path: Path) -> int:
+        """Move a received file (same file system) to `path` durably; returns its size."""
         self._make_dirs(path.parent)
-
-        def fill(f: BinaryIO) -> None:
-            for part in parts:
-                f.write(part)
-
-        write_durably(path, fill)
+        fd = os.open(received, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        os.replace(received, path)
+        _fsync_dir(path.parent)
+        return size
 
     def _make_dirs(self, directory: Path) -> None:
         """Create the study and series folders, their new entries synced like the file's."""
@@ -64,12 +69,11 @@ class Spool:
         return shutil.disk_usage(self.root).free / 1e6
 
     def remove_partials(self) -> int:
-        """Delete temporary files a crash left behind; their sender never got Success."""
-        count = 0
-        for temp in self.root.rglob(f"*{TEMP_SUFFIX}"):
-            temp.unlink(missing_ok=True)
-            count += 1
-        return count
+        """Delete what a crash left half-written; its sender never got Success."""
+        leftovers = [*self.incoming.iterdir(), *self.root.rglob(f"*{TEMP_SUFFIX}")]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
 
 
 def write_durably(path: Path, fill: Callable[[BinaryIO], object]) -> None:
