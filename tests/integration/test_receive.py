@@ -157,7 +157,7 @@ def test_kill_mid_association_then_resend_stores_each_instance_once(
     sender = subprocess.Popen(
         ["/usr/bin/storescu", "-aet", "TESTSCU", "-aec", "UMSREP", "127.0.0.1",
          str(node.port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_until(lambda: len(list((node.data_dir / "spool").rglob("*.dcm"))) >= 10,
+    wait_until(lambda: len(journal_rows(node.data_dir, "SELECT * FROM instances")) >= 10,
                timeout=60, interval=0.01)
     node.stop(signal.SIGKILL)
     sender.wait(timeout=60)
