@@ -48,10 +48,11 @@ def scp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Scp]]:
     """scp(ae_title=, transfer_syntaxes=, status=, port=, ssl_context=, on_store=) -> Scp.
 
     Accepts every storage SOP class; `status(n)` gives the n-th C-STORE's status (from 0).
-    Negotiates as a plain pynetdicom SCP even where an in-process node made the process's
-    storage service unrestricted.
+    Negotiates and receives as a plain pynetdicom SCP even where an in-process node set the
+    process's storage switches (unrestricted contexts, datasets received into files).
     """
     monkeypatch.setattr(_config, "UNRESTRICTED_STORAGE_SERVICE", False)
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
     servers: list[Any] = []
 
     def start(*, ae_title: str = "ANY-SCP", require_called_aet: bool = False,
