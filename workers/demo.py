@@ -32,7 +32,8 @@ SETTLED = ("done", "failed", "ignored", "skipped")
 
 
 def demo_studies(folder: Path) -> list[list[Path]]:
-    chest = make_chest(1, size=1024, abnormal=True)
+    # MONOCHROME2: samples.cr_dataset takes display-oriented pixels (it inverts for MONO1).
+    chest = make_chest(1, size=1024, abnormal=True, photometric="MONOCHROME2")
     cr = samples.cr_dataset(1, pixels=chest.image, monochrome=chest.photometric,
                             pixel_spacing=chest.pixel_spacing_mm)
     doppler = make_doppler(2, kind="mitral_inflow")

@@ -1,0 +1,1 @@
+"""Training of UMS-Rep bundles from the project's phantoms."""
