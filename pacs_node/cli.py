@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pacs_node.config import Config
 from umsrep_core.cli import add_model_commands
 from umsrep_core.errors import UmsrepError
 
@@ -41,7 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace) -> Config:
+    """The --config file (or the packaged defaults) with --port/--ae-title/--data-dir."""
     from pacs_node.yamlconf import load_config  # noqa: PLC0415
 
     config = load_config(args.config)
