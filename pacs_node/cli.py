@@ -63,8 +63,7 @@ def _studies(args: argparse.Namespace) -> int:
 
 
 def _outbox_retry(args: argparse.Namespace) -> int:
-    from pacs_node.journal import Journal  # noqa: PLC0415
-    from pacs_node.node import journal_path  # noqa: PLC0415
+    from pacs_node.journal import Journal, journal_path  # noqa: PLC0415
 
     data_dir = args.data_dir or _config(args).node.data_dir
     journal = Journal(journal_path(data_dir))

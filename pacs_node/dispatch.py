@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 TASK_NAME = "umsrep.process_study"
 HANDLER_GROUP = "umsrep.handlers"
 
-# handler(config, study_key, route): the config is the node's (embedded) or the worker's.
-Handler = Callable[[Config, str, str], None]
+# handler(journal, config, study_key, route): the journal and config of the process running
+# it, the node's (embedded pool) or the worker's.
+Handler = Callable[[Journal, Config, str, str], None]
 
 
 class Dispatcher(Protocol):
@@ -58,7 +59,7 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
         if handler is None:
             raise LookupError(f"no handler installed for {TASK_NAME} (entry point group "
                               f"{HANDLER_GROUP}): install the workers")
-        handler(config, study_key, route)
+        handler(journal, config, study_key, route)
     except StudySkipped as exc:
         log.info("study %s: job %s skipped: %s", study_key, route, exc)
         journal.finish_job(study_key, route, skipped=str(exc))

@@ -141,6 +141,10 @@ class OutboxItem:
     attempts: int
 
 
+def journal_path(data_dir: Path) -> Path:
+    return data_dir / "journal.db"
+
+
 def study_key(study_uid: str, version: int) -> str:
     return f"{study_uid}@{version}"
 

@@ -24,7 +24,7 @@ from pacs_node.dispatch import (
     Handler,
     installed_handler,
 )
-from pacs_node.journal import Journal
+from pacs_node.journal import Journal, journal_path
 from pacs_node.metrics import serve_metrics
 from pacs_node.outbox import Deliverer
 from pacs_node.scp import Receiver, start_server
@@ -34,10 +34,6 @@ from umsrep_core.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 RESUME_INTERVAL_S = 5.0
-
-
-def journal_path(data_dir: Path) -> Path:
-    return data_dir / "journal.db"
 
 
 class Node:

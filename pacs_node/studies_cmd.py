@@ -9,7 +9,7 @@ from typing import Any
 
 import pydicom
 
-from pacs_node.journal import Journal, Study
+from pacs_node.journal import Journal, Study, journal_path
 
 PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 
@@ -47,8 +47,6 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
 
 
 def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False) -> int:
-    from pacs_node.node import journal_path  # noqa: PLC0415 - avoids loading pynetdicom here
-
     path = journal_path(data_dir)
     if not path.exists():
         print(f"no journal at {path}: nothing received yet")

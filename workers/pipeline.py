@@ -1,4 +1,4 @@
-"""`process_study(config, study_key, route)`: the UMS-Rep pipeline for one routed study.
+"""`process_study(journal, config, study_key, route)`: the UMS-Rep pipeline for one study.
 
 A plain function, called alike by the Celery task and by the node's embedded pool (entry
 point `umsrep.handlers` / `umsrep.process_study`). It reads the study's instances from the
@@ -23,7 +23,6 @@ from pydicom.dataset import Dataset
 
 from pacs_node.config import Config, Process
 from pacs_node.journal import Journal
-from pacs_node.node import journal_path
 from pacs_node.spool import write_durably
 from umsrep_core.errors import RoutingError, StudySkipped
 from umsrep_core.inference import Prediction, Predictor, default_device
@@ -98,15 +97,7 @@ def write_output(ds: Dataset, folder: Path) -> Path:
     return path
 
 
-def process_study(config: Config, study_key: str, route: str) -> None:
-    journal = Journal(journal_path(config.node.data_dir))
-    try:
-        _process(journal, config, study_key, route)
-    finally:
-        journal.close()
-
-
-def _process(journal: Journal, config: Config, study_key: str, route: str) -> None:
+def process_study(journal: Journal, config: Config, study_key: str, route: str) -> None:
     process = rule_process(config, route)
     started = time.perf_counter()
     model = predictor(process.bundle or process.pipeline)

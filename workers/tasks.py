@@ -7,8 +7,7 @@ The journal records its start and outcome exactly as in the node's embedded pool
 from __future__ import annotations
 
 from pacs_node.dispatch import TASK_NAME, run_job
-from pacs_node.journal import Journal
-from pacs_node.node import journal_path
+from pacs_node.journal import Journal, journal_path
 from workers.app import app, settings
 from workers.pipeline import process_study as pipeline
 

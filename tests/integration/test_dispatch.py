@@ -14,6 +14,7 @@ import redis
 import yaml
 
 from pacs_node.config import Config
+from pacs_node.journal import Journal
 from pacs_node.node import Node
 from tests.conftest import node_config, storescu, wait_until
 
@@ -79,7 +80,7 @@ def test_embedded_pool_runs_the_handler_and_records_its_outcome(
     seen: list[tuple[str, str]] = []
     ran = threading.Event()
 
-    def handler(config: Config, study_key: str, route: str) -> None:
+    def handler(journal: Journal, config: Config, study_key: str, route: str) -> None:
         seen.append((study_key, route))
         ran.set()
         if route == "echo-doppler":
@@ -118,7 +119,7 @@ def test_restart_redispatches_interrupted_jobs(tmp_path: Path, study_files: Any)
                               if s.state == "queued"])[0]
     node.stop()
     done = threading.Event()
-    restarted = make_node(tmp_path, handler=lambda c, k, r: done.set())
+    restarted = make_node(tmp_path, handler=lambda j, c, k, r: done.set())
     restarted.start()
     try:
         assert done.wait(20)
@@ -136,7 +137,7 @@ def test_a_finished_job_is_not_run_again(tmp_path: Path) -> None:
     node.journal.add_job(key, "chest-xray", "cxr")
     runs: list[str] = []
     for _ in range(2):  # the same message delivered twice
-        run_job(node.journal, node.config, key, "chest-xray", lambda c, k, r: runs.append(k))
+        run_job(node.journal, node.config, key, "chest-xray", lambda j, c, k, r: runs.append(k))
     assert runs == [key]
     assert node.journal.study(key).state == "done"  # type: ignore[union-attr]
     node.journal.close()
