@@ -58,14 +58,14 @@ def _config(args: argparse.Namespace) -> Config:
 def _studies(args: argparse.Namespace) -> int:
     from pacs_node.studies_cmd import list_studies  # noqa: PLC0415
 
-    data_dir = args.data_dir or _config(args).node.data_dir
+    data_dir = _config(args).node.data_dir
     return list_studies(data_dir, as_json=args.json, phi=args.phi)
 
 
 def _outbox_retry(args: argparse.Namespace) -> int:
     from pacs_node.journal import Journal, journal_path  # noqa: PLC0415
 
-    data_dir = args.data_dir or _config(args).node.data_dir
+    data_dir = _config(args).node.data_dir
     journal = Journal(journal_path(data_dir))
     count = journal.retry_failed(args.destination)
     journal.close()
