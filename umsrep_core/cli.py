@@ -1,4 +1,4 @@
-"""`umsrep model predict | evaluate | bench`: the model commands of the `umsrep` CLI.
+"""`umsrep model pretrain | finetune | compare | export | evaluate | predict | bench`.
 
 `add_model_commands(sub)` registers them on the node's parser. This module imports neither
 torch nor numpy at import time (the node builds its parser on every start): each command
@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from umsrep_core.errors import InferenceError
 
+# Plain names, kept here so that building the parser imports no torch (tests check they agree).
+MODALITIES = ("cxr", "echo_doppler")
+HEADS = ("denoise", "segment", "classify")
+STRATEGIES = ("frozen", "partial", "full")
+SCHEDULES = ("joint", "sequential")
+
 if TYPE_CHECKING:
     import numpy as np
 
     from umsrep_core.inference import Prediction
 
-__all__ = ["IMAGE_SUFFIXES", "add_model_commands", "bench_cmd", "evaluate_cmd", "predict_cmd"]
+__all__ = ["IMAGE_SUFFIXES", "add_model_commands", "bench_cmd", "compare_cmd", "evaluate_cmd",
+           "export_cmd", "predict_cmd", "train_cmd"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # read as images; anything else as DICOM
 
@@ -29,18 +36,68 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # read as images; anything else as D
 def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `model` and its subcommands on `sub` (the node CLI's subparsers)."""
     model: argparse.ArgumentParser = sub.add_parser(
-        "model", help="run, evaluate and benchmark UMS-Rep bundles",
-        description="UMS-Rep bundles: one encoder pass per image, every head. "
-        "Demo bundles are NOT FOR CLINICAL USE (synthetic phantoms).")
+        "model", help="train, run, evaluate and benchmark UMS-Rep models",
+        description="UMS-Rep: one encoder pass per image, every head. Demo bundles are NOT "
+        "FOR CLINICAL USE (synthetic phantoms).")
     actions = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
-    def action(name: str, run: Any, help_: str) -> argparse.ArgumentParser:
+    def action(name: str, run: Any, help_: str, *, bundle: bool = True
+               ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=help_, description=help_)
         p.set_defaults(run=run)
-        p.add_argument("--bundle", required=True,
-                       help="a packaged bundle's name (cxr, echo_doppler) or a bundle directory")
+        if bundle:
+            p.add_argument("--bundle", required=True, help="a packaged bundle's name (cxr, "
+                           "echo_doppler) or a bundle directory")
         p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
         return p
+
+    def training(p: argparse.ArgumentParser, steps: int) -> None:
+        p.add_argument("--modality", required=True, choices=MODALITIES)
+        p.add_argument("--out", type=Path, required=True, help="the run directory")
+        p.add_argument("--steps", type=int, default=steps, help=f"default {steps}")
+        p.add_argument("--batch", type=int, default=16)
+        p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
+        p.add_argument("--width", type=int, help="encoder width (default 16; wider on a GPU)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint")
+
+    p = action("pretrain", train_cmd, "stage 1: learn the representation without labels "
+               "(reconstruct corrupted phantom images)", bundle=False)
+    training(p, 800)
+    p.set_defaults(stage="pretrain")
+
+    p = action("finetune", train_cmd, "stage 2: train task heads on a pretrained encoder "
+               "(or, without --init, a model from scratch)", bundle=False)
+    training(p, 800)
+    p.set_defaults(stage="finetune")
+    p.add_argument("--init", type=Path, help="a pretrain run directory")
+    p.add_argument("--strategy", choices=STRATEGIES, default="full",
+                   help="what of the pretrained encoder trains (default full)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="joint",
+                   help="heads together (weighted loss) or one after the other")
+    p.add_argument("--heads", default=",".join(HEADS),
+                   help="comma-separated heads (default all; one head = a single-task model)")
+
+    p = action("compare", compare_cmd, "the fine-tuning strategies against separate "
+               "single-task models: train every run, report metrics and compute", bundle=False)
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--out", type=Path, required=True, help="a directory for the runs and "
+                   "the report (rerun the command to resume)")
+    p.add_argument("--steps", type=int, default=400, help="steps per fine-tuning run")
+    p.add_argument("--pretrain-steps", type=int, help="default: --steps")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
+    p.add_argument("--width", type=int, help="encoder width (default 16; wider on a GPU)")
+    p.add_argument("--n", type=int, default=20, help="evaluation cases (default 20)")
+
+    p = action("export", export_cmd, "package a finished fine-tuning run as a bundle",
+               bundle=False)
+    p.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR",
+                   help="the run directory")
+    p.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
+    p.add_argument("--name", help="bundle name (default: the run directory's name)")
+    p.add_argument("--version", default="0.1.0")
 
     p = action("predict", predict_cmd, "predict DICOM or PNG images: label, probability, "
                "masks, denoised image, measurements")
@@ -53,6 +110,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--n", type=int, default=40, help="cases (default 40)")
     p.add_argument("--seed", type=int, help="first phantom seed (default 1000000: held out)")
     p.add_argument("--data", type=Path, help="a real data set folder instead of phantoms")
+    p.add_argument("--runs", type=Path, nargs="+", default=[], metavar="RUN",
+                   help="training run directories to tabulate (strategies, compute)")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
                    help="report folder (default ./evaluation)")
 
@@ -62,6 +121,56 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return model
+
+
+def train_cmd(args: argparse.Namespace) -> int:
+    from umsrep_core.training.runs import RunSpec, train  # noqa: PLC0415
+
+    finetune = args.stage == "finetune"
+    spec = RunSpec(
+        args.modality, stage=args.stage,
+        heads=tuple(h.strip() for h in args.heads.split(",")) if finetune else ("denoise",),
+        strategy=args.strategy if finetune else "full",
+        schedule=args.schedule if finetune else "joint",
+        init=str(args.init) if finetune and args.init else None, steps=args.steps,
+        batch=args.batch, image_size=args.size, seed=args.seed,
+        model=_model(args))
+    record = train(spec, args.out, resume=args.resume, device=args.device)
+    assert record is not None  # only a test's stop_after ends a run early
+    print(_run_line(record))
+    return 0
+
+
+def compare_cmd(args: argparse.Namespace) -> int:
+    from umsrep_core.training.compare import compare  # noqa: PLC0415
+
+    report = compare(args.modality, args.out, steps=args.steps,
+                     pretrain_steps=args.pretrain_steps, n=args.n, device=args.device,
+                     batch=args.batch, image_size=args.size, model=_model(args))
+    for record in report["records"]:
+        print(_run_line(record))
+    print(f"report in {args.out / 'report' / 'report.md'}")
+    return 0
+
+
+def export_cmd(args: argparse.Namespace) -> int:
+    from umsrep_core.training.runs import export  # noqa: PLC0415
+
+    path = export(args.run_dir, args.out, name=args.name or args.run_dir.name,
+                  version=args.version)
+    print(f"bundle written to {path} (NOT FOR CLINICAL USE: trained on synthetic phantoms)")
+    return 0
+
+
+def _model(args: argparse.Namespace) -> dict[str, int]:
+    """ModelConfig overrides from the command line: the width, which scales the whole net."""
+    return {"width": args.width, "dec_width": args.width} if args.width else {}
+
+
+def _run_line(record: dict[str, Any]) -> str:
+    scores = ", ".join(f"{k} {_short(v)}" for k, v in record["metrics"].items())
+    return (f"{record['name']}: {record['strategy']}, {record['steps']} steps, "
+            f"{record['seconds']:.1f} s: {scores}")
 
 
 def predict_cmd(args: argparse.Namespace) -> int:
@@ -101,10 +210,12 @@ def predict_cmd(args: argparse.Namespace) -> int:
 def evaluate_cmd(args: argparse.Namespace) -> int:
     from umsrep_core.evaluation.report import HELD_OUT_SEED, evaluate, verdict  # noqa: PLC0415
     from umsrep_core.models.bundle import load_bundle  # noqa: PLC0415
+    from umsrep_core.training.runs import load_record  # noqa: PLC0415
 
     report = evaluate(load_bundle(args.bundle), out=args.out, n=args.n,
                       seed=HELD_OUT_SEED if args.seed is None else args.seed,
-                      data_dir=args.data, device=args.device)
+                      data_dir=args.data, records=[load_record(r) for r in args.runs],
+                      device=args.device)
     for gate in report["gates"]:
         value = "n/a" if gate["value"] is None else f"{gate['value']:.4g}"
         print(f"{verdict(gate['passed']):4}  {gate['metric']} = {value} "

@@ -1,5 +1,5 @@
-"""`umsrep model predict | evaluate | bench` through a parser built with add_model_commands,
-and the engines behind them (evaluate, bench) on tiny bundles."""
+"""`umsrep model ...` through a parser built with add_model_commands, and the engines behind
+them (evaluate, bench) on tiny bundles and tiny training runs."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ import pytest
 
 from pacs_node.samples import cr_dataset, us_doppler_dataset, write
 from tests.unit.test_inference import CXR_KEYS, ECHO_KEYS, LABELS, tiny_bundle
+from umsrep_core import cli
 from umsrep_core.benchmark import bench
 from umsrep_core.cli import add_model_commands
 from umsrep_core.errors import InferenceError
 from umsrep_core.evaluation.report import evaluate
+from umsrep_core.models import bundle, umsrep
 from umsrep_core.models.bundle import load_bundle
+from umsrep_core.training import runs
+from umsrep_core.training.runs import TrainingError
 
 BENCH_KEYS = {"shared_ms", "separate_ms", "speedup", "shared_peak_mb", "separate_peak_mb",
               "shared_params", "separate_params"}
@@ -110,7 +114,8 @@ def test_evaluate_chest_with_records(bundles: dict[str, Path], tmp_path: Path) -
                                                        "loss_curves.png"}
     markdown = (tmp_path / "report.md").read_text()
     assert "FAIL" in markdown and "NOT FOR CLINICAL USE" in markdown
-    assert "| joint | full | 30 | 20 | 0.3333 |" in markdown  # a third of the separate compute
+    # A third of the separate models' compute, in seconds (these records count no FLOP).
+    assert "| joint | full | 30 | n/a | n/a | 20 | 0.3333 |" in markdown
     saved = json.loads((tmp_path / "report.json").read_text())  # valid JSON: no NaN
     assert [c["id"] for c in saved["cases"]] == [f"chest-{s}" for s in range(1_000_000,
                                                                              1_000_003)]
@@ -150,3 +155,43 @@ def test_bench_command_and_keys(bundles: dict[str, Path],
     assert result["shared_ms"] > 0 and result["speedup"] > 0
     direct = bench(load_bundle(bundles["echo_doppler"]), device="cpu", iterations=1, batch=2)
     assert direct["batch"] == 2 and direct["shared_peak_mb"] > 0
+
+
+def test_pretrain_finetune_export_and_evaluate_with_runs(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    tiny = ["--steps", "3", "--batch", "2", "--size", "64", "--width", "4"]
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert run("pretrain", "--modality", "cxr", "--out", str(pre), *tiny) == 0
+    assert run("finetune", "--modality", "cxr", "--out", str(fine), "--init", str(pre),
+               "--strategy", "partial", "--schedule", "sequential", *tiny) == 0
+    assert run("finetune", "--modality", "cxr", "--out", str(fine), "--init", str(pre),
+               "--strategy", "partial", "--schedule", "sequential", "--resume", *tiny) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pre: pretrain (unsupervised), 3 steps")
+    assert lines[1].startswith("fine: partial sequential, 3 steps") and lines[2] == lines[1]
+    assert run("export", "--run", str(fine), "--out", str(tmp_path / "bundle")) == 0
+    assert "NOT FOR CLINICAL USE" in capsys.readouterr().out
+    assert load_bundle(tmp_path / "bundle").manifest["name"] == "fine"
+    report = tmp_path / "report"
+    run("evaluate", "--bundle", str(tmp_path / "bundle"), "--n", "1", "--runs", str(pre),
+        str(fine), "--out", str(report))
+    assert "| fine | partial sequential | 3 |" in (report / "report.md").read_text()
+
+
+def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("compare", "--modality", "echo_doppler", "--out", str(tmp_path), "--steps", "2",
+               "--batch", "2", "--size", "64", "--width", "4", "--n", "1") == 0
+    out = capsys.readouterr().out
+    assert "separate-classify: separate classify, 2 steps" in out
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_a_finetune_without_init_cannot_keep_a_frozen_encoder(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="needs a pretrained encoder"):
+        run("finetune", "--modality", "cxr", "--out", str(tmp_path), "--strategy", "frozen")
+
+
+def test_the_cli_names_agree_with_the_model_code() -> None:
+    assert (cli.MODALITIES, cli.HEADS, cli.STRATEGIES, cli.SCHEDULES) == (
+        bundle.MODALITIES, umsrep.HEADS, umsrep.STRATEGIES, runs.SCHEDULES)

@@ -1,20 +1,48 @@
-"""The demo-bundle training: phantoms prepared as the Predictor sees them, a loss that falls,
-a bundle that loads and serves."""
+"""Training runs: phantoms prepared as the Predictor sees them, the two stages and their
+strategies, exact resumption, training compute, export to a bundle that serves, the comparison."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from umsrep_core.inference import Predictor
-from umsrep_core.models.bundle import load_bundle, save_bundle
-from umsrep_core.models.umsrep import ModelConfig, UMSRep
-from umsrep_core.training.demo import LABELS, joint_loss, phantom_arrays, train
+from umsrep_core.models.bundle import load_bundle
+from umsrep_core.models.umsrep import UMSRep
+from umsrep_core.training.compare import compare
+from umsrep_core.training.data import LABELS, PhantomPool, corrupt, phantom_arrays
+from umsrep_core.training.losses import multitask_loss
+from umsrep_core.training.runs import (
+    RunSpec,
+    TrainingError,
+    export,
+    load_record,
+    run_model,
+    train,
+)
 
-TINY = {"width": 4, "dec_width": 4, "depth": 3, "input_size": 64, "hidden": 8}
+TINY: dict[str, Any] = {"batch": 4, "pool": 8, "image_size": 64,
+                        "model": {"width": 4, "dec_width": 4, "depth": 3, "hidden": 8}}
+
+
+def tiny(modality: str = "cxr", **fields: Any) -> RunSpec:
+    return RunSpec(modality, **{**TINY, "steps": 6, **fields})
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "pretrain"
+    train(tiny(stage="pretrain", heads=("denoise",)), run, progress=False, val=4)
+    return run
 
 
 @pytest.mark.parametrize("modality", sorted(LABELS))
@@ -26,23 +54,133 @@ def test_phantom_arrays_match_the_model_input(modality: str) -> None:
     assert images.min() >= 0 and images.max() <= 1 and labels.max() < len(classes)
 
 
-def test_training_lowers_the_joint_loss_and_the_bundle_serves(tmp_path: Path) -> None:
-    seg, classes = LABELS["cxr"]
-    config = ModelConfig(n_seg=len(seg), n_classes=len(classes), **TINY)
+def test_the_pool_renews_itself_with_unseen_phantoms() -> None:
+    pool = PhantomPool("cxr", first=0, size=4, image_size=64, renew=2, renew_every=2)
+    before = pool.arrays[0].copy()
+    for _ in range(3):
+        images, _, masks, _ = pool.sample(2)
+    assert images.shape == (2, 1, 64, 64) and masks.shape == (2, 3, 64, 64)
+    assert pool.next_seed == 6  # one renewal of two phantoms, from seed 4
+    assert sum(not np.array_equal(a, b) for a, b in zip(before, pool.arrays[0],
+                                                         strict=True)) == 2
+
+
+def test_the_pretext_input_hides_patches_and_adds_noise() -> None:
+    images = torch.rand(2, 1, 64, 64)
+    x = corrupt(images, torch.Generator().manual_seed(0), masked=0.5)
+    hidden = (x == images.mean(dim=(1, 2, 3), keepdim=True)).float().mean().item()
+    assert 0.3 < hidden < 0.7  # about half the patches
+    shown = x != images.mean(dim=(1, 2, 3), keepdim=True)
+    assert 0.05 < (x - images)[shown].std().item() < 0.12  # the added noise
+
+
+def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> None:
+    spec = tiny(steps=25)
     images, clean, masks, labels = (torch.from_numpy(a) for a in
                                     phantom_arrays("cxr", range(900, 916), 64))
     torch.manual_seed(0)  # as train() starts
-    untrained = UMSRep(config).eval()
-    model, steps = train("cxr", steps=25, budget_s=600, size=64, config=config, pool_size=32,
-                         progress=False)
-    assert steps == 25
+    untrained = UMSRep(spec.config()).eval()
+    record = train(spec, tmp_path / "run", progress=False, val=4)
+    assert record is not None and record["steps"] == 25 and len(record["losses"]) == 25
+    model, _ = run_model(tmp_path / "run")
+    batch = (images, clean, masks, labels)
     with torch.no_grad():
-        before = joint_loss(untrained(images), clean, masks, labels).item()
-        after = joint_loss(model(images), clean, masks, labels).item()
+        before = multitask_loss(untrained(images), batch).item()
+        after = multitask_loss(model(images), batch).item()
     assert after < 0.9 * before
-    path = save_bundle(model, {"name": "t", "version": "0", "modality": "cxr",
-                               "seg_labels": seg, "class_labels": classes,
-                               "normalisation": {}, "training_data": "phantoms"}, tmp_path / "b")
-    [prediction] = Predictor(load_bundle(path), device="cpu").predict_batch(
-        [images[0, 0].numpy()])
+    bundle = load_bundle(export(tmp_path / "run", tmp_path / "bundle", name="tiny"))
+    assert "scratch joint, 25 steps" in bundle.manifest["training_data"]
+    [prediction] = Predictor(bundle, device="cpu").predict_batch([images[0, 0].numpy()])
+    seg, classes = LABELS["cxr"]
     assert set(prediction.masks) == set(seg) and prediction.label in classes
+
+
+@pytest.mark.parametrize(("schedule", "stop"), [("joint", 3), ("sequential", 3),
+                                                ("sequential", 4)])  # mid-phase, phase start
+def test_a_resumed_run_takes_the_steps_an_uninterrupted_one_takes(
+        pretrained: Path, tmp_path: Path, schedule: str, stop: int) -> None:
+    spec = tiny(init=str(pretrained), strategy="partial", schedule=schedule)
+    whole = train(spec, tmp_path / "whole", progress=False, val=4)
+    assert train(spec, tmp_path / "cut", progress=False, val=4, stop_after=stop) is None
+    with pytest.raises(TrainingError, match="--resume"):
+        train(spec, tmp_path / "cut", progress=False)
+    with pytest.raises(TrainingError, match="different run"):
+        train(tiny(init=str(pretrained), steps=7), tmp_path / "cut", resume=True)
+    resumed = train(spec, tmp_path / "cut", progress=False, val=4, resume=True)
+    assert whole is not None and resumed is not None
+    assert resumed["losses"] == whole["losses"] and resumed["metrics"] == whole["metrics"]
+    a, b = (weights(run_model(tmp_path / d)[0]) for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("strategy", "changed_blocks"), [("frozen", []), ("partial", [2, 3]),
+                                                          ("full", [0, 1, 2, 3])])
+def test_strategies_choose_what_of_the_pretrained_encoder_trains(
+        pretrained: Path, tmp_path: Path, strategy: str, changed_blocks: list[int]) -> None:
+    before = weights(run_model(pretrained)[0].encoder)
+    train(tiny(init=str(pretrained), strategy=strategy), tmp_path / strategy, progress=False,
+          val=4)
+    after = weights(run_model(tmp_path / strategy)[0].encoder)
+    changed = sorted({int(k.split(".")[1]) for k in before
+                      if not torch.equal(before[k], after[k])})
+    assert changed == changed_blocks  # batch norm statistics of frozen blocks included
+
+
+def test_compute_is_counted_in_flop_and_pretraining_is_charged(pretrained: Path,
+                                                               tmp_path: Path) -> None:
+    runs = {"frozen": tiny(init=str(pretrained), strategy="frozen"),
+            "full": tiny(init=str(pretrained)),
+            "segment": tiny(heads=("segment",))}
+    records = {name: train(spec, tmp_path / name, progress=False, val=4)
+               for name, spec in runs.items()}
+    tflop = {name: r["tflop"] for name, r in records.items() if r is not None}
+    assert 0 < tflop["segment"] < tflop["full"] and tflop["frozen"] < tflop["full"]
+    assert records["full"] is not None and records["segment"] is not None
+    assert records["full"]["pretrain_tflop"] == load_record(pretrained)["tflop"] > 0
+    assert "pretrain_tflop" not in records["segment"]
+    assert records["segment"]["strategy"] == "separate segment"
+    assert set(records["segment"]["metrics"]) == {"dice.right_lung", "dice.left_lung",
+                                                  "dice.heart", "gates_met"}
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"strategy": "frozen"}, "needs a pretrained encoder"),
+    ({"stage": "pretrain"}, "heads \\('denoise',\\)"),
+    ({"schedule": "interleaved"}, "schedule 'interleaved'"),
+    ({"heads": ("segment", "measure")}, "heads"),
+    ({"modality": "mri"}, "modality 'mri'"),
+    ({"batch": 16}, "batch <= pool")])
+def test_bad_specs_are_refused_with_the_reason(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        tiny(**fields)
+
+
+def test_init_and_export_check_the_kind_of_run(pretrained: Path, tmp_path: Path) -> None:
+    train(tiny(heads=("classify",)), tmp_path / "cls", progress=False, val=4)
+    with pytest.raises(TrainingError, match="not a pretrain run"):
+        train(tiny(init=str(tmp_path / "cls")), tmp_path / "bad", progress=False)
+    with pytest.raises(TrainingError, match="no task heads"):
+        export(pretrained, tmp_path / "b", name="b")
+    with pytest.raises(TrainingError, match="has not finished"):
+        export(tmp_path / "nothing", tmp_path / "b", name="b")
+    wide = tiny(init=str(pretrained), model={**TINY["model"], "width": 8})
+    with pytest.raises(TrainingError, match="model configuration"):
+        train(wide, tmp_path / "wide", progress=False)
+
+
+def test_compare_trains_every_strategy_and_tabulates_compute(tmp_path: Path) -> None:
+    report = compare("echo_doppler", tmp_path, steps=3, n=2, eval_size=None,
+                     progress=False, **TINY)
+    names = [r["name"] for r in report["records"]]
+    assert names == ["pretrain", "frozen-joint", "partial-joint", "full-joint",
+                     "frozen-sequential", "partial-sequential", "full-sequential",
+                     "scratch-joint", "separate-denoise", "separate-segment",
+                     "separate-classify"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Training strategies" in markdown and "| full-joint | full joint | 3 |" in markdown
+    assert (tmp_path / "report" / "strategies.png").is_file()
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["name"] == \
+        "echo_doppler-full-joint"
+    mtimes = {n: (tmp_path / n / "record.json").stat().st_mtime for n in names}
+    compare("echo_doppler", tmp_path, steps=3, n=2, progress=False, **TINY)  # resumes: no-op
+    assert mtimes == {n: (tmp_path / n / "record.json").stat().st_mtime for n in names}

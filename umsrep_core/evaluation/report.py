@@ -315,13 +315,20 @@ def _plots(cases: list[_Case], curves: dict[str, Any],
         written.append(_save(fig, out / "roc.png"))
     with_losses = [r for r in records or [] if r.get("losses")]
     if with_losses:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8, 4.5))
         for r in with_losses:
-            ax.plot(np.arange(1, len(r["losses"]) + 1), r["losses"],
+            losses = np.asarray(r["losses"], dtype=float)
+            window = max(1, len(losses) // 40)  # a moving average: one batch's loss is noisy
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax.plot(np.arange(window, len(losses) + 1), smooth,
                     label=f"{r.get('name')} ({r.get('strategy')})")
-        ax.set(xlabel="logged step", ylabel="training loss", yscale="log", title="loss curves")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="step", ylabel="training loss (moving average)", yscale="log",
+               title="loss curves")
+        ax.legend(fontsize=6, ncol=2)
         written.append(_save(fig, out / "loss_curves.png"))
+    summaries = [_record_summary(r) for r in records or []]
+    if any(r["tflop"] is not None for r in summaries):
+        written.append(_strategy_plot(plt, summaries, out / "strategies.png"))
     plt.close("all")
     return written
 
@@ -340,10 +347,51 @@ def _save(fig: Any, path: Path) -> str:
 def _record_summary(record: dict[str, Any]) -> dict[str, Any]:
     """A training record without its loss history (plotted, too long for the table)."""
     losses = record.get("losses") or []
-    return {"name": record.get("name"), "strategy": record.get("strategy"),
-            "steps": record.get("steps"), "seconds": record.get("seconds"),
-            "final_loss": losses[-1] if losses else None,
+    keys = ("name", "strategy", "steps", "seconds", "tflop", "pretrain_seconds",
+            "pretrain_tflop")
+    return {**{k: record.get(k) for k in keys}, "final_loss": losses[-1] if losses else None,
             "metrics": dict(record.get("metrics") or {})}
+
+
+def _compute(record: dict[str, Any], unit: str) -> float | None:
+    """A run's training compute in `unit` ("tflop" or "seconds"), its pretraining included."""
+    own = record.get(unit)
+    return None if own is None else own + (record.get(f"pretrain_{unit}") or 0)
+
+
+def _separate_total(records: Sequence[dict[str, Any]], unit: str) -> float:
+    """What the separate single-task models (strategy "separate ...") cost together."""
+    return sum(_compute(r, unit) or 0 for r in records
+               if str(r["strategy"]).lower().startswith("separate"))
+
+
+def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
+    """Training compute against the separate models, and the validation metrics, per run."""
+    runs = [r for r in records if not str(r["strategy"]).startswith("pretrain")]
+    separate = _separate_total(runs, "tflop") or 1.0
+    metrics = sorted({k for r in runs for k, v in r["metrics"].items()
+                      if isinstance(v, int | float) and not isinstance(v, bool)})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(runs) + 1.5),
+                                      sharey=True)
+    y = np.arange(len(runs))
+    own = [(r["tflop"] or 0) / separate for r in runs]
+    pre = [(r["pretrain_tflop"] or 0) / separate for r in runs]
+    left.barh(y, own, label="fine-tuning / training")
+    left.barh(y, pre, left=own, label="pretraining (shared)")
+    left.axvline(0.5, color="k", linestyle=":", linewidth=0.8)
+    left.set(yticks=y, yticklabels=[r["strategy"] for r in runs], xlabel="training compute "
+             "(FLOP) / the three separate models'", title="compute")
+    left.invert_yaxis()
+    left.legend(fontsize=7)
+    width = 0.8 / max(1, len(metrics))
+    for k, name in enumerate(metrics):
+        scale = 10.0 if name == "psnr_gain_db" else 1.0  # dB next to scores in [0, 1]
+        values = [r["metrics"].get(name, np.nan) / scale for r in runs]
+        right.barh(y + (k - (len(metrics) - 1) / 2) * width, values, height=width,
+                   label=f"{name} / 10" if scale != 1 else name)
+    right.set(xlabel="validation score", title="held-out phantoms, model grid")
+    right.legend(fontsize=7)
+    return _save(fig, path)
 
 
 def _finite(value: Any) -> Any:
@@ -386,16 +434,23 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def _records_table(records: list[dict[str, Any]]) -> list[str]:
-    """Fine-tuning strategies and separate models side by side, with their training compute;
-    compute is also shown relative to the separate models' total (strategy "separate...")."""
-    separate = sum(r["seconds"] or 0 for r in records
-                   if str(r["strategy"]).lower().startswith("separate"))
+    """Fine-tuning strategies and separate models side by side, with their training compute
+    (pretraining included) relative to the separate models' total."""
+    separate = {u: _separate_total(records, u) for u in ("tflop", "seconds")}
     lines = ["", "## Training strategies", "",
-             "| run | strategy | steps | seconds | vs separate | final loss | metrics |",
-             "|---|---|---|---|---|---|---|"]
+             "Compute includes the shared pretraining run where there is one; validation "
+             "on held-out phantoms at the model's input size.", "",
+             "| run | strategy | steps | TFLOP | vs separate | seconds | vs separate | "
+             "gates met | metrics |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        ratio = _fmt(r["seconds"] / separate) if separate and r["seconds"] is not None else "n/a"
-        scores = ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items())
+        cells = []
+        for unit in ("tflop", "seconds"):
+            value = _compute(r, unit)
+            cells += [_fmt(value), _fmt(value / separate[unit])
+                      if separate[unit] and value is not None else "n/a"]
+        scores = ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()
+                           if k != "gates_met")
+        met = r["metrics"].get("gates_met")
         lines.append(f"| {r['name']} | {r['strategy']} | {_fmt(r['steps'])} | "
-                     f"{_fmt(r['seconds'])} | {ratio} | {_fmt(r['final_loss'])} | {scores} |")
+                     f"{' | '.join(cells)} | {'n/a' if met is None else met} | {scores} |")
     return lines

@@ -1,0 +1,104 @@
+"""Training data: phantoms prepared as the Predictor sees them, in a pool renewed as it trains.
+
+Chest images are rendered at the model size; Doppler strips are cropped to their spectral region
+and letterboxed, as `Predictor` does with a received image. Generating a phantom costs more than
+a training step, so a pool of them is renewed a little at every step. The pool and its random
+generator are part of a checkpoint: a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from umsrep_core.imaging.geometry import Letterbox
+from umsrep_core.imaging.us import region_box
+from umsrep_core.phantoms.chest import chest_batch
+from umsrep_core.phantoms.doppler import DOPPLER_TYPES, make_doppler
+
+__all__ = ["LABELS", "Batch", "PhantomPool", "corrupt", "phantom_arrays"]
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean, masks, labels
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
+          "echo_doppler": (["envelope"], list(DOPPLER_TYPES))}
+
+
+def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
+    images, clean, masks, labels = [], [], [], []
+    for seed in seeds:
+        p = make_doppler(seed)
+        crop = region_box(p.region) if p.region is not None else None
+        box = Letterbox.fit(p.image.shape, size, crop=crop)
+        images.append(box.to_model(p.image.astype(np.float32) / 255.0))  # as read_frames
+        clean.append(box.to_model(p.clean.astype(np.float32)))
+        masks.append(box.to_model(p.envelope.astype(np.float32)) > 0.5)
+        labels.append(DOPPLER_TYPES.index(p.kind))
+    return (np.stack(images)[:, None], np.stack(clean)[:, None],
+            np.stack(masks)[:, None].astype(np.float32), np.array(labels, np.int64))
+
+
+def phantom_arrays(modality: str, seeds: Iterable[int], size: int) -> Arrays:
+    if modality not in LABELS:
+        raise ValueError(f"modality {modality!r}: choose one of {sorted(LABELS)}")
+    if modality == "cxr":
+        b = chest_batch(list(seeds), size)
+        return b["images"], b["clean"], b["masks"], b["labels"]
+    return doppler_arrays(seeds, size)
+
+
+class PhantomPool:
+    """`size` phantoms from seeds `first`...; every `renew_every` draws, `renew` of them are
+    replaced by phantoms of unseen seeds, so a long run keeps seeing new cases."""
+
+    def __init__(self, modality: str, *, first: int, size: int, image_size: int,
+                 renew: int = 16, renew_every: int = 10, seed: int = 0) -> None:
+        self.modality, self.image_size = modality, image_size
+        self.renew, self.renew_every = min(renew, size), renew_every
+        self.arrays = phantom_arrays(modality, range(first, first + size), image_size)
+        self.next_seed = first + size
+        self.draws = 0
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def sample(self, batch: int) -> Batch:
+        if self.draws and self.draws % self.renew_every == 0:
+            fresh = phantom_arrays(self.modality, range(self.next_seed,
+                                                        self.next_seed + self.renew),
+                                   self.image_size)
+            self.next_seed += self.renew
+            slots = self.rng.choice(len(self), self.renew, replace=False)
+            for array, new in zip(self.arrays, fresh, strict=True):
+                array[slots] = new
+        self.draws += 1
+        pick = self.rng.choice(len(self), batch, replace=False)
+        images, clean, masks, labels = (torch.from_numpy(a[pick]) for a in self.arrays)
+        return images, clean, masks, labels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"arrays": [torch.from_numpy(a) for a in self.arrays],
+                "next_seed": self.next_seed, "draws": self.draws,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.arrays = tuple(t.numpy().copy() for t in state["arrays"])
+        self.next_seed, self.draws = int(state["next_seed"]), int(state["draws"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def corrupt(images: torch.Tensor, generator: torch.Generator, *, noise: float = 0.08,
+            patch: int = 8, masked: float = 0.25) -> torch.Tensor:
+    """The pretext input of the unsupervised stage: `images` with added Gaussian noise and a
+    fraction `masked` of `patch` x `patch` squares set to the image mean. Reconstructing the
+    image from it needs only images: no masks, no labels, no clean reference."""
+    n, _, h, w = images.shape
+    noisy = images + noise * torch.randn(images.shape, generator=generator)
+    keep = torch.rand((n, 1, h // patch, w // patch), generator=generator) >= masked
+    keep = keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.where(keep, noisy, mean.expand_as(images))

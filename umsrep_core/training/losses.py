@@ -1,0 +1,40 @@
+"""Task losses, and the weighted multi-task sum that joint fine-tuning minimises.
+
+denoise: L1 to the clean image; segment: BCE + soft Dice (multi-label); classify: cross-entropy.
+Weights: the L1 is small in value and the classifier learns fast, so the denoising term is
+scaled up and the classification term down, to give each head a similar share of the gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from umsrep_core.training.data import Batch
+
+__all__ = ["WEIGHTS", "dice_loss", "loss_terms", "multitask_loss"]
+
+WEIGHTS = {"denoise": 5.0, "segment": 1.0, "classify": 0.5}
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((2, 3))
+    return (1 - (2 * inter + 1) / (p.sum((2, 3)) + target.sum((2, 3)) + 1)).mean()
+
+
+def loss_terms(head: str, out: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
+    """The weighted terms of one head's loss."""
+    _, clean, masks, labels = batch
+    if head == "denoise":
+        return [WEIGHTS[head] * F.l1_loss(out, clean)]
+    if head == "segment":
+        return [WEIGHTS[head] * F.binary_cross_entropy_with_logits(out, masks),
+                WEIGHTS[head] * dice_loss(out, masks)]
+    return [WEIGHTS[head] * F.cross_entropy(out, labels)]
+
+
+def multitask_loss(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """The weighted sum over every head in `out`."""
+    terms = [t for head, value in out.items() for t in loss_terms(head, value, batch)]
+    return torch.stack(terms).sum()

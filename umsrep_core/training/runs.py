@@ -1,0 +1,379 @@
+"""Training runs: the two stages of UMS-Rep, resumable, each in its own directory.
+
+    pretrain   the representation: encoder + reconstruction decoder on corrupted images, no
+               labels (the input is the image with noise and masked patches, the target the
+               image itself);
+    finetune   task heads on a pretrained encoder (`init`), which is kept "frozen", "partial"ly
+               unfrozen (its last blocks) or "full"y fine-tuned; heads trained "joint"ly (the
+               weighted multi-task loss) or "sequential"ly (one head after the other, the steps
+               shared out equally); without `init`, a model trained from scratch (one head:
+               the separate single-task baseline).
+
+A run directory holds spec.json, checkpoint.pt (written every `save_every` steps, on Ctrl-C and
+at the end: model, optimiser, schedule, phantom pool and random states, so a resumed run takes
+exactly the steps an uninterrupted one would) and, once finished, record.json: the losses, the
+training compute (seconds of optimisation, data generation excluded: every run needs the same
+phantoms) and the held-out validation metrics, which `umsrep model evaluate --runs` tabulates.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from umsrep_core.errors import UmsrepError
+from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
+from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
+from umsrep_core.training.data import LABELS, Batch, PhantomPool, corrupt, phantom_arrays
+from umsrep_core.training.losses import multitask_loss
+
+__all__ = ["SCHEDULES", "STAGES", "RunSpec", "TrainingError", "export", "load_record",
+           "run_model", "train", "validate"]
+
+STAGES = ("pretrain", "finetune")
+SCHEDULES = ("joint", "sequential")
+SPEC, CHECKPOINT, RECORD = "spec.json", "checkpoint.pt", "record.json"
+VALIDATION_SEED = 2_000_000  # held out: training pools start at seed * 1_000_000, seed < 2
+# The issue's quality gates, on the model grid here (evaluate scores the source grid).
+GATES = {"dice": 0.95, "auc": 0.95, "psnr_gain_db": 6.0}
+
+
+class TrainingError(UmsrepError):
+    """A run cannot start or go on: a bad spec, a clash with an existing run, a bad init."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    modality: str
+    stage: str = "finetune"
+    heads: tuple[str, ...] = HEADS
+    strategy: str = "full"  # what of the `init` encoder trains; "full" from scratch
+    schedule: str = "joint"
+    init: str | None = None  # a pretrain run directory
+    steps: int = 800
+    batch: int = 16
+    image_size: int = 128
+    pool: int = 256
+    seed: int = 0
+    lr: float = 3e-3
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides: width, depth...
+
+    def __post_init__(self) -> None:
+        choices = {"modality": (self.modality, tuple(LABELS)), "stage": (self.stage, STAGES),
+                   "strategy": (self.strategy, STRATEGIES),
+                   "schedule": (self.schedule, SCHEDULES)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise TrainingError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
+        if not self.heads or any(h not in HEADS for h in self.heads):
+            raise TrainingError(f"heads {list(self.heads)}: choose among {', '.join(HEADS)}")
+        if self.stage == "pretrain" and (self.heads != ("denoise",) or self.init):
+            raise TrainingError("pretrain trains the encoder and its reconstruction decoder "
+                                "from scratch: heads ('denoise',), no init")
+        if self.init is None and self.strategy != "full":
+            raise TrainingError(f"strategy {self.strategy!r} needs a pretrained encoder (init)")
+        if min(self.steps, self.batch, self.pool) < 1 or self.batch > self.pool:
+            raise TrainingError("steps, batch and pool must be positive, batch <= pool")
+
+    @property
+    def label(self) -> str:
+        """The name of the strategy in reports; "separate ..." marks a single-task baseline."""
+        if self.stage == "pretrain":
+            return "pretrain (unsupervised)"
+        if self.init is None:
+            return f"separate {self.heads[0]}" if len(self.heads) == 1 else \
+                f"scratch {self.schedule}"
+        return f"{self.strategy} {self.schedule}"
+
+    def config(self) -> ModelConfig:
+        seg, classes = LABELS[self.modality]
+        return ModelConfig(**{"n_seg": len(seg), "n_classes": len(classes),
+                              "input_size": self.image_size, **self.model})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "heads": list(self.heads)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(**{**data, "heads": tuple(data["heads"])})
+
+
+def load_record(run: Path) -> dict[str, Any]:
+    path = run / RECORD
+    if not path.is_file():
+        raise TrainingError(f"{run}: no {RECORD}: the run has not finished (resume it)")
+    record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return record
+
+
+def run_model(run: Path, device: str = "cpu") -> tuple[UMSRep, RunSpec]:
+    """A finished run's model (eval mode) and its spec."""
+    load_record(run)
+    spec = RunSpec.from_json(json.loads((run / SPEC).read_text(encoding="utf-8")))
+    model = UMSRep(spec.config(), heads=spec.heads)
+    model.load_state_dict(_load_checkpoint(run)["model"])
+    return model.to(device).eval(), spec
+
+
+def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
+    """A finished fine-tuning run as a bundle in directory `out`."""
+    from umsrep_core.models.bundle import save_bundle  # noqa: PLC0415 - export only
+
+    model, spec = run_model(run)
+    if spec.stage == "pretrain":
+        raise TrainingError(f"{run} is a pretrain run: it has no task heads to serve; "
+                            "fine-tune it first")
+    seg, classes = LABELS[spec.modality]
+    steps = load_record(run)["steps"]
+    origin = f", on the encoder of pretrain run {spec.init}" if spec.init else ""
+    return save_bundle(model, {
+        "name": name, "version": version, "modality": spec.modality, "seg_labels": seg,
+        "class_labels": classes, "normalisation": {},
+        "training_data": f"synthetic phantoms (umsrep_core.phantoms), seed {spec.seed}: "
+                         f"{spec.label}, {steps} steps of {spec.batch} at {spec.image_size} px"
+                         f"{origin}"}, out)
+
+
+def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None = None,
+          progress: bool = True, save_every: int = 100, val: int = 64,
+          stop_after: int | None = None) -> dict[str, Any] | None:
+    """Run `spec` in directory `out`; returns its record, or None when `stop_after` steps (a
+    test's interruption) ended it early with a checkpoint to resume from."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _claim(spec, out, resume)
+    if resume and (out / RECORD).is_file():
+        return load_record(out)
+    torch.manual_seed(spec.seed)
+    model = UMSRep(spec.config(), heads=spec.heads)
+    if spec.init is not None:
+        _load_init(model, Path(spec.init))
+        set_trainable(model, spec.strategy)
+    model.to(dev).train()
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=spec.lr, weight_decay=1e-4)
+    pool = PhantomPool(spec.modality, first=spec.seed * 1_000_000, size=spec.pool,
+                       image_size=spec.image_size, seed=spec.seed)
+    pretext = torch.Generator().manual_seed(spec.seed)
+    phases = _phases(spec)
+    state: dict[str, Any] = {"step": 0, "losses": [], "seconds": 0.0}
+    saved = _load_checkpoint(out) if resume and (out / CHECKPOINT).is_file() else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        pool.load_state_dict(saved["pool"])
+        pretext.set_state(saved["pretext_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = {k: saved[k] for k in ("step", "losses", "seconds")}
+    start = state["step"]
+    # A schedule's constructor resets the learning rate and momentum: mid-phase, the saved
+    # optimiser and schedule states go on top of it; at a phase start, it comes last.
+    if saved is not None and start not in phases:
+        schedule = _schedule(optimiser, spec, phases, start)
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+    else:
+        if saved is not None:
+            optimiser.load_state_dict(saved["optimiser"])
+        schedule = _schedule(optimiser, spec, phases, start)
+
+    def checkpoint() -> None:
+        _save_checkpoint(out, {
+            **state, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+            "schedule": schedule.state_dict(), "pool": pool.state_dict(),
+            "pretext_rng": pretext.get_state(), "torch_rng": torch.get_rng_state()})
+
+    step_fn = _step_function(spec, model, pretext, dev)
+    tflop = sum(_step_flops(model, spec, heads, dev) * (end - first) for first, end, heads in
+                _spans(spec, phases)) / 1e12
+    bar = tqdm(range(state["step"], spec.steps), initial=state["step"], total=spec.steps,
+               desc=f"{spec.stage} {spec.modality} {spec.label}", disable=not progress)
+    try:
+        for step in bar:
+            if step in phases and step > start:  # a sequential phase starts
+                schedule = _schedule(optimiser, spec, phases, step)
+            batch = pool.sample(spec.batch)
+            started = time.perf_counter()
+            loss = step_fn(batch, _phase_of(phases, step))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            _sync(dev)
+            state["seconds"] += time.perf_counter() - started
+            state["losses"].append(float(loss.item()))
+            state["step"] = step + 1
+            bar.set_postfix(loss=f"{state['losses'][-1]:.3f}")
+            if state["step"] % save_every == 0:
+                checkpoint()
+            if stop_after is not None and state["step"] >= stop_after:
+                checkpoint()
+                return None
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    checkpoint()
+    model.eval()
+    record = {"name": out.name, "strategy": spec.label, "stage": spec.stage,
+              "heads": list(spec.heads), "steps": state["step"], "batch": spec.batch,
+              "seconds": round(state["seconds"], 3), "tflop": tflop,
+              "device": str(dev),
+              "losses": state["losses"], "metrics": validate(model, spec, n=val, device=dev)}
+    if spec.init is not None:  # the representation's cost, shared by every fine-tuning of it
+        init = load_record(Path(spec.init))
+        record["pretrain_seconds"], record["pretrain_tflop"] = init["seconds"], init["tflop"]
+    _write_json(out / RECORD, record)
+    return record
+
+
+def validate(model: UMSRep, spec: RunSpec, *, n: int = 64, device: torch.device | str = "cpu"
+             ) -> dict[str, Any]:
+    """Held-out phantoms at the model size, scored per head the model has: Dice per label,
+    AUC, PSNR gain; `gates_met` says whether every gate of those heads is reached."""
+    images, clean, masks, labels = phantom_arrays(spec.modality,
+                                                  range(VALIDATION_SEED, VALIDATION_SEED + n),
+                                                  spec.image_size)
+    with torch.inference_mode():
+        out = {k: v.float().cpu().numpy() for k, v in
+               model.eval()(torch.from_numpy(images).to(device)).items()}
+    metrics: dict[str, Any] = {}
+    seg, classes = LABELS[spec.modality]
+    if "segment" in out:
+        predicted = out["segment"] > 0
+        for j, name in enumerate(seg):
+            metrics[f"dice.{name}"] = float(np.mean([dice(predicted[i, j], masks[i, j] > 0.5)
+                                                     for i in range(n)]))
+    if "classify" in out:
+        logits = torch.from_numpy(out["classify"])
+        probs = torch.softmax(logits, dim=1).numpy()
+        metrics["auc"] = (auc(probs[:, 1], labels) if len(classes) == 2
+                          else auc_ovr(probs, labels))
+    if "denoise" in out:
+        den = np.clip(out["denoise"], 0, 1)
+        metrics["psnr_gain_db"] = float(np.mean([psnr(den[i, 0], clean[i, 0])
+                                                 - psnr(images[i, 0], clean[i, 0])
+                                                 for i in range(n)]))
+    metrics["gates_met"] = all(
+        value >= GATES[key.split(".")[0]] for key, value in metrics.items())
+    return metrics
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _claim(spec: RunSpec, out: Path, resume: bool) -> None:
+    """Write spec.json, or check it against the one there: a directory is one run."""
+    path = out / SPEC
+    if path.is_file():
+        if not resume:
+            raise TrainingError(f"{out} already holds a run: pass --resume to continue it, or "
+                                "choose another --out")
+        saved = RunSpec.from_json(json.loads(path.read_text(encoding="utf-8")))
+        if saved != spec:
+            raise TrainingError(f"{out} holds a different run ({saved.label}, "
+                                f"{saved.steps} steps): not resuming it as {spec.label}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, spec.to_json())
+
+
+def _load_init(model: UMSRep, init: Path) -> None:
+    """The encoder (and the decoders of the same heads) of a finished pretrain run."""
+    pretrained, spec = run_model(init)
+    if spec.stage != "pretrain":
+        raise TrainingError(f"init {init} is a {spec.stage} run, not a pretrain run")
+    if replace(spec.config(), n_seg=model.config.n_seg, n_classes=model.config.n_classes
+               ) != model.config:
+        raise TrainingError(f"init {init}: its model configuration {spec.config()} differs "
+                            f"from this run's {model.config}")
+    model.load_state_dict(pretrained.state_dict(), strict=False)
+
+
+def _phases(spec: RunSpec) -> dict[int, tuple[str, ...]]:
+    """First step of each phase -> the heads it trains."""
+    if spec.schedule == "joint" or spec.stage == "pretrain":
+        return {0: spec.heads}
+    share = spec.steps / len(spec.heads)
+    return {round(i * share): (head,) for i, head in enumerate(spec.heads)}
+
+
+def _spans(spec: RunSpec, phases: dict[int, tuple[str, ...]]
+           ) -> list[tuple[int, int, tuple[str, ...]]]:
+    starts = [*sorted(phases), spec.steps]
+    return [(a, b, phases[a]) for a, b in itertools.pairwise(starts)]
+
+
+def _step_flops(model: UMSRep, spec: RunSpec, heads: tuple[str, ...], dev: torch.device
+                ) -> int:
+    """Floating-point operations of one training step (forward and backward, counted by
+    torch on a copy of the model): the training compute, whatever else the machine runs."""
+    probe = copy.deepcopy(model)
+    n, size = spec.batch, spec.image_size
+    batch: Batch = (torch.zeros(n, 1, size, size, device=dev),
+                    torch.zeros(n, 1, size, size, device=dev),
+                    torch.zeros(n, probe.config.n_seg, size, size, device=dev),
+                    torch.zeros(n, dtype=torch.long, device=dev))
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        multitask_loss(probe(batch[0], heads=heads), batch).backward()
+    return int(counter.get_total_flops())
+
+
+def _phase_of(phases: dict[int, tuple[str, ...]], step: int) -> tuple[str, ...]:
+    return phases[max(s for s in phases if s <= step)]
+
+
+def _schedule(optimiser: torch.optim.Optimizer, spec: RunSpec, phases: dict[int, Any],
+              step: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One warm-up-and-anneal cycle per phase: each head of a sequential run gets its own."""
+    first, end, _ = next(span for span in _spans(spec, phases) if span[0] <= step < span[1])
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr,
+                                               total_steps=end - first)
+
+
+def _step_function(spec: RunSpec, model: UMSRep, pretext: torch.Generator, dev: torch.device
+                   ) -> Callable[[Batch, tuple[str, ...]], torch.Tensor]:
+    def pretrain_step(batch: Batch, heads: tuple[str, ...]) -> torch.Tensor:
+        x = corrupt(batch[0], pretext).to(dev)
+        return F.l1_loss(model(x, heads=heads)["denoise"], batch[0].to(dev))
+
+    def finetune_step(batch: Batch, heads: tuple[str, ...]) -> torch.Tensor:
+        on_device: Batch = tuple(t.to(dev) for t in batch)  # type: ignore[assignment]
+        return multitask_loss(model(on_device[0], heads=heads), on_device)
+
+    return pretrain_step if spec.stage == "pretrain" else finetune_step
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _save_checkpoint(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)  # a crash mid-write leaves the previous checkpoint
+
+
+def _load_checkpoint(run: Path) -> dict[str, Any]:
+    path = run / CHECKPOINT
+    if not path.is_file():
+        raise TrainingError(f"{run}: no {CHECKPOINT}")
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
