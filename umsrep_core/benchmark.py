@@ -21,15 +21,19 @@ served side by side (one process each, images in flight in all three), they woul
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from umsrep_core.inference import default_device
 from umsrep_core.models.bundle import Bundle
@@ -75,6 +79,7 @@ def bench(bundle: Bundle, *, device: str | None = None, iterations: int = 20, ba
         peaks = {"shared": _activation_peak(run_shared, dev),
                  "separate": _activation_peak(run_separate, dev)}
         alone = [_activation_peak(functools.partial(m, x), dev) for m in separate]
+        flop = {"shared": _flop(run_shared), "separate": _flop(run_separate)}
     weights = {"shared": _bytes(shared), "separate": sum(_bytes(m) for m in separate)}
     per_image_ms = {k: 1000 * statistics.median(v) / batch for k, v in times.items()}
     peak_mb = {k: (weights[k] + peaks[k]) / _MB for k in weights}
@@ -87,6 +92,8 @@ def bench(bundle: Bundle, *, device: str | None = None, iterations: int = 20, ba
         "speedup": speedup, "shared_peak_mb": peak_mb["shared"],
         "separate_peak_mb": peak_mb["separate"], "memory_ratio": memory_ratio,
         "separate_concurrent_peak_mb": (weights["separate"] + sum(alone)) / _MB,
+        "shared_gflop": flop["shared"] / batch / 1e9,
+        "separate_gflop": flop["separate"] / batch / 1e9,
         "shared_params": count_parameters(shared),
         "separate_params": sum(count_parameters(m) for m in separate),
         "memory_method": ("cuda max_memory_allocated" if dev.type == "cuda"
@@ -113,6 +120,9 @@ def format_bench(result: dict[str, Any]) -> str:
         f"(goal <= {MEMORY_GOAL}: {verdict(result['memory_goal_met'])}; "
         f"{result['memory_method']}); separate served side by side "
         f"{result['separate_concurrent_peak_mb']:.1f} MB",
+        f"compute:         shared {result['shared_gflop']:.3f} GFLOP, separate "
+        f"{result['separate_gflop']:.3f} GFLOP per image "
+        f"({result['separate_gflop'] / result['shared_gflop']:.2f}x)",
         f"parameters:      shared {result['shared_params']:,}, separate "
         f"{result['separate_params']:,}",
     ])
@@ -131,6 +141,29 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's native code writes a line to file descriptor 2 at every start and stop:
+    noise in the bench's output, which sys.stderr redirection cannot catch."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _flop(run: Callable[[], object]) -> int:
+    """Floating-point operations of one run, as torch counts them (convolutions, matrix
+    products): what the time would track on a device where no per-operator overhead shows."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return int(counter.get_total_flops())
+
+
 def _bytes(model: nn.Module) -> int:
     tensors = itertools.chain(model.parameters(), model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -147,7 +180,8 @@ def _activation_peak(run: Callable[[], object], dev: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(dev) - before)
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415 - CPU only
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                            profile_memory=True) as prof:
         run()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     running = itertools.accumulate(e.self_cpu_memory_usage for e in events)

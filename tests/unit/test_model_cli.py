@@ -26,7 +26,7 @@ from umsrep_core.training import runs
 from umsrep_core.training.runs import TrainingError
 
 BENCH_KEYS = {"shared_ms", "separate_ms", "speedup", "shared_peak_mb", "separate_peak_mb",
-              "shared_params", "separate_params"}
+              "shared_gflop", "separate_gflop", "shared_params", "separate_params"}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,8 @@ def test_bench_command_and_keys(bundles: dict[str, Path],
     assert set(result) >= BENCH_KEYS
     assert result["separate_params"] > result["shared_params"]
     assert result["shared_ms"] > 0 and result["speedup"] > 0
+    # Three encoders against one: more than twice the operations, less than three times.
+    assert 2 < result["separate_gflop"] / result["shared_gflop"] < 3
     direct = bench(load_bundle(bundles["echo_doppler"]), device="cpu", iterations=1, batch=2)
     assert direct["batch"] == 2 and direct["shared_peak_mb"] > 0
 
