@@ -4,11 +4,17 @@ The task is `umsrep.process_study(study_key, route)`, JSON arguments, on the rou
 pipeline queue. With no broker configured, the node runs the registered handler for that
 task name in a bounded pool of its own threads. Handlers are registered as entry points
 in the group `umsrep.handlers` (the workers package provides `umsrep.process_study`).
+
+Both paths end a job alike (`run_job`): an error that may pass (`is_transient`) is tried
+again while tries are left, any other error fails the job at once with its reason.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
@@ -16,7 +22,7 @@ from typing import Protocol
 
 from pacs_node.config import Broker, Config
 from pacs_node.journal import Journal
-from umsrep_core.errors import DeliveryError, StudySkipped
+from umsrep_core.errors import DeliveryError, StudySkipped, TransientError, UmsrepError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,34 @@ HANDLER_GROUP = "umsrep.handlers"
 # handler(journal, config, study_key, route): the journal and config of the process running
 # it, the node's (embedded pool) or the worker's.
 Handler = Callable[[Journal, Config, str, str], None]
+
+
+# OS errors of a full, failing or busy disk or system, not of a wrong path or permission.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY,
+                              errno.ETIMEDOUT, errno.ESTALE, errno.EMFILE, errno.ENFILE})
+# SQLite result codes (primary, the low byte) of a busy, locked, failing or full database.
+TRANSIENT_SQLITE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                              sqlite3.SQLITE_FULL})
+# The broker clients' connection errors, named: a node without a broker never imports them.
+TRANSIENT_CLASSES = frozenset({"kombu.exceptions.OperationalError",
+                               "redis.exceptions.ConnectionError",
+                               "redis.exceptions.TimeoutError"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying again later may succeed: a locked or failing journal, a full or failing
+    disk, an unreachable broker, a timeout. Errors raised on purpose (UmsrepError: bad rules,
+    undecodable pixels, nothing to process...) and unknown errors are permanent."""
+    if isinstance(exc, UmsrepError):
+        return isinstance(exc, TransientError)
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in TRANSIENT_SQLITE
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in TRANSIENT_ERRNOS
+    return any(f"{c.__module__}.{c.__qualname__}" in TRANSIENT_CLASSES
+               for c in type(exc).__mro__)
 
 
 class Dispatcher(Protocol):
@@ -42,50 +76,86 @@ def installed_handler(name: str = TASK_NAME) -> Handler | None:
 
 
 def run_job(journal: Journal, config: Config, study_key: str, route: str,
-            handler: Handler | None) -> None:
-    """Run one job and record its start and outcome in the journal (both dispatch paths).
+            handler: Handler | None, *, attempt: int = 1, attempts: int = 1) -> str | None:
+    """Run try `attempt` of `attempts` of one job and record it in the journal (both dispatch
+    paths); returns the job's outcome (done, skipped, failed), None if it had already ended.
 
     A job already finished is not run again: a message sent twice (see redispatch) or
-    redelivered after a worker died costs nothing.
+    redelivered after a worker died costs nothing. A transient error with tries left is noted
+    in the journal and raised as TransientError for the caller to try again later; the job
+    is not ended meanwhile. Any other error, or one on the last try, fails the job.
     """
-    finished = [j for j in journal.jobs(study_key)
-                if j["route"] == route and j["state"] in ("done", "skipped", "failed")]
-    if finished:
-        log.info("study %s: job %s already %s", study_key, route, finished[0]["state"])
-        return
-    journal.start_job(study_key, route)
-    log.info("study %s: job %s started", study_key, route)
     try:
+        finished = [j for j in journal.jobs(study_key)
+                    if j["route"] == route and j["state"] in ("done", "skipped", "failed")]
+        if finished:
+            log.info("study %s: job %s already %s", study_key, route, finished[0]["state"])
+            return None
+        journal.start_job(study_key, route)
+        log.info("study %s: job %s started (try %d of %d)", study_key, route, attempt, attempts)
         if handler is None:
             raise LookupError(f"no handler installed for {TASK_NAME} (entry point group "
                               f"{HANDLER_GROUP}): install the workers")
-        handler(journal, config, study_key, route)
-    except StudySkipped as exc:
-        log.info("study %s: job %s skipped: %s", study_key, route, exc)
-        journal.finish_job(study_key, route, skipped=str(exc))
+        skipped = None
+        try:
+            handler(journal, config, study_key, route)
+        except StudySkipped as exc:
+            skipped = str(exc)
+        journal.finish_job(study_key, route, skipped=skipped)  # in the try: it may be locked
     except Exception as exc:  # the outcome is recorded, whatever it is
-        log.error("study %s: job %s failed: %s: %s", study_key, route, type(exc).__name__, exc)
-        journal.finish_job(study_key, route, error=f"{type(exc).__name__}: {exc}")
-    else:
-        journal.finish_job(study_key, route)
-        log.info("study %s: job %s done", study_key, route)
+        reason = f"{type(exc).__name__}: {exc}"
+        if is_transient(exc):
+            if attempt < attempts:
+                _note_retry(journal, study_key, route, f"try {attempt} of {attempts} failed, "
+                                                       f"to be tried again: {reason}")
+                raise TransientError(reason) from exc
+            reason += f" (transient; gave up after try {attempt} of {attempts})"
+        log.error("study %s: job %s failed: %s", study_key, route, reason)
+        journal.finish_job(study_key, route, error=reason)
+        return "failed"
+    outcome = "skipped" if skipped is not None else "done"
+    log.info("study %s: job %s %s%s", study_key, route, outcome, f": {skipped}" if skipped else "")
+    return outcome
+
+
+def _note_retry(journal: Journal, study_key: str, route: str, detail: str) -> None:
+    log.warning("study %s: job %s %s", study_key, route, detail)
+    try:
+        journal.note(study_key, "retry", f"job {route} {detail}")
+    except sqlite3.Error as exc:  # the journal may be what fails; the retry goes on anyway
+        log.warning("study %s: retry not noted in the journal: %s", study_key, exc)
 
 
 class EmbeddedDispatcher:
-    """The in-process pool: no broker, same task, bounded concurrency."""
+    """The in-process pool: no broker, same task, bounded concurrency. A transient error is
+    tried again after 2, 4, 8... s, up to `attempts` tries, as a Celery worker would; a node
+    stopping meanwhile leaves the job unfinished, and its next start dispatches it again."""
 
     def __init__(self, journal: Journal, config: Callable[[], Config],
-                 handler: Handler | None) -> None:
+                 handler: Handler | None, *, attempts: int = 5, backoff_s: float = 2.0) -> None:
         self.journal = journal
         self.config = config  # read per job: the node's current config, rules reloaded
         self.handler = handler
+        self.attempts, self.backoff_s = attempts, backoff_s
+        self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=config().node.embedded_workers,
                                        thread_name_prefix="job")
 
     def dispatch(self, study_key: str, route: str, queue: str) -> None:
-        self.pool.submit(run_job, self.journal, self.config(), study_key, route, self.handler)
+        self.pool.submit(self._run, study_key, route)
+
+    def _run(self, study_key: str, route: str) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                run_job(self.journal, self.config(), study_key, route, self.handler,
+                        attempt=attempt, attempts=self.attempts)
+                return
+            except TransientError:
+                if self.stopping.wait(self.backoff_s * 2 ** (attempt - 1)):
+                    return
 
     def close(self) -> None:
+        self.stopping.set()
         self.pool.shutdown(wait=True, cancel_futures=False)
 
 

@@ -45,3 +45,10 @@ class StudySkipped(UmsrepError):
     """A study holds nothing the pipeline applies to; it ends skipped, with this reason."""
 
     exit_code = 7
+
+
+class TransientError(UmsrepError):
+    """A try failed for a reason that may pass (journal locked, disk full, broker away): the
+    work is tried again later. `pacs_node.dispatch.is_transient` says which errors are such."""
+
+    exit_code = 8

@@ -2,9 +2,13 @@
 
 Configuration: the node's YAML file named by UMSREP_CONFIG (the packaged defaults without
 it); UMSREP_BROKER_URL overrides its broker. JSON only; a task is acknowledged after it ran
-(acks_late) and given back if its worker dies (reject_on_worker_lost); one task at a time per
+(acks_late) and given back if its worker dies (reject_on_worker_lost: when a pool child dies,
+the worker's main process puts the message back on its queue at once; the visibility timeout
+below is for a whole worker gone, main process included); one task at a time per
 process (prefetch 1), so that one process per GPU keeps one model warm. Events are on for
-Flower. One queue per pipeline, so a host can take only what it serves.
+Flower. One queue per pipeline, so a host can take only what it serves. The worker serves
+Prometheus metrics on UMSREP_WORKER_METRICS_PORT, with PROMETHEUS_MULTIPROC_DIR, when set
+(see workers.metrics).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import os
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Queue
 
 from pacs_node.config import PIPELINES, Config
 from pacs_node.yamlconf import load_config
+from workers import metrics
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 # Redis re-delivers a task not acknowledged within this time: above the longest study.
@@ -53,3 +59,5 @@ def make_app() -> Celery:
 
 
 app = make_app()
+# In the worker's main process, before its pool forks (a signal of the worker, not the app).
+worker_init.connect(metrics.serve)

@@ -2,21 +2,46 @@
 
 The journal records its start and outcome exactly as in the node's embedded pool
 (`pacs_node.dispatch.run_job`), so `umsrep studies` reads the same whichever ran it.
+A transient error (`pacs_node.dispatch.is_transient`: journal locked, disk full, broker
+away...) comes back as TransientError, which Celery retries with exponential backoff and full
+jitter (a delay drawn from 0 to 5, 10, 20... s, at most 10 min) up to MAX_RETRIES times; the
+last try records the failure. Permanent errors fail the job on their first try.
 """
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from pacs_node.dispatch import TASK_NAME, run_job
 from pacs_node.journal import Journal, journal_path
+from umsrep_core.errors import TransientError
+from workers import metrics
 from workers.app import app, settings
 from workers.pipeline import process_study as pipeline
 
+MAX_RETRIES = 8  # waits of up to 20 min in all (10 on average): time for an operator to act
+RETRY_BACKOFF_S = 5
+RETRY_BACKOFF_MAX_S = 600
 
-@app.task(name=TASK_NAME)
-def process_study(study_key: str, route: str) -> None:
+
+@app.task(bind=True, name=TASK_NAME, autoretry_for=(TransientError,), max_retries=MAX_RETRIES,
+          retry_backoff=RETRY_BACKOFF_S, retry_backoff_max=RETRY_BACKOFF_MAX_S,
+          retry_jitter=True)
+def process_study(self: Any, study_key: str, route: str) -> str | None:
+    """Returns the job's outcome (done, skipped, failed; None if it had already ended)."""
     config = settings()
     journal = Journal(journal_path(config.node.data_dir))
+    began = time.time()
+    queue = str(self.request.delivery_info.get("routing_key", ""))  # the route's pipeline
     try:
-        run_job(journal, config, study_key, route, pipeline)
+        outcome = run_job(journal, config, study_key, route, pipeline,
+                          attempt=self.request.retries + 1, attempts=self.max_retries + 1)
+        if outcome is not None:
+            metrics.record(journal, study_key, queue, outcome, since=began)
+        return outcome
+    except TransientError:
+        metrics.record(journal, study_key, queue, "retried", since=began)
+        raise
     finally:
         journal.close()

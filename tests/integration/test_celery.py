@@ -41,14 +41,15 @@ def config_with(tmp_path: Path, name: str, broker: bool) -> dict[str, Any]:
 def worker(tmp_path: Path) -> Iterator[Any]:
     procs: list[subprocess.Popen[str]] = []
 
-    def start(config_path: Path, *command: str) -> subprocess.Popen[str]:
-        """`celery -A workers.app COMMAND...`; a worker on the cxr queue by default."""
+    def start(config_path: Path, *command: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """`celery -A workers.app COMMAND...`; a worker on the cxr queue by default (prefork,
+        one child process), its log in tmp_path/worker.log."""
         command = command or ("worker", "-Q", "cxr", "-c", "1", "-n", f"test-{os.getpid()}@%h")
-        env = {**os.environ, "UMSREP_CONFIG": str(config_path)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", *command],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{command[0]}.log", "w"),  # noqa: SIM115
-            text=True, env=env)
+            text=True, env={**os.environ, "UMSREP_CONFIG": str(config_path), **(env or {})})
         procs.append(proc)
         return proc
 

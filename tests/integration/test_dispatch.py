@@ -141,3 +141,28 @@ def test_a_finished_job_is_not_run_again(tmp_path: Path) -> None:
     assert runs == [key]
     assert node.journal.study(key).state == "done"  # type: ignore[union-attr]
     node.journal.close()
+
+
+def test_the_embedded_pool_tries_a_transient_error_again(tmp_path: Path) -> None:
+    from pacs_node.dispatch import EmbeddedDispatcher
+    from tests.unit.test_journal import add
+    from umsrep_core.errors import TransientError
+
+    node = make_node(tmp_path)
+    key = add(node.journal, "1.2.3.1.2")
+    node.journal.add_job(key, "chest-xray", "cxr")
+    tries: list[int] = []
+
+    def handler(journal: Journal, config: Config, study_key: str, route: str) -> None:
+        tries.append(len(tries) + 1)
+        if len(tries) < 3:
+            raise TransientError("journal locked")
+
+    pool = EmbeddedDispatcher(node.journal, lambda: node.config, handler, backoff_s=0.05)
+    pool.dispatch(key, "chest-xray", "cxr")
+    wait_until(lambda: node.journal.study(key).state == "done")  # type: ignore[union-attr]
+    pool.close()
+    assert tries == [1, 2, 3]
+    retries = [e["detail"] for e in node.journal.events(key) if e["state"] == "retry"]
+    assert len(retries) == 2 and "try 1 of 5 failed" in retries[0]
+    node.journal.close()

@@ -1,0 +1,240 @@
+"""Faults around the Celery worker: transient errors retried with backoff, permanent ones
+failed once, a worker child killed mid-task, and the worker's Prometheus metrics.
+
+The jobs' try logic (`run_job`) first with the journal alone, then through a real node, a
+redis-server of the test's own and real `celery -A workers.app worker` processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sqlite3
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from pacs_node import samples
+from pacs_node.dispatch import run_job
+from pacs_node.journal import Journal, journal_path
+from tests.conftest import ServedNode, free_port, storescu, wait_until
+from tests.integration import test_celery
+from tests.integration.test_celery import config_with, outputs
+from tests.unit.test_errors_transient import undecodable_cr
+from tests.unit.test_journal import add
+from umsrep_core.errors import InferenceError, TransientError
+from workers.tasks import MAX_RETRIES
+
+pytestmark = pytest.mark.integration
+
+ATTEMPTS = MAX_RETRIES + 1
+
+# test_celery's fixtures: a `celery -A workers.app` process, a redis-server of the test's own
+worker = test_celery.worker
+own_redis = test_celery.own_redis
+
+
+def states(journal: Journal, key: str) -> list[str]:
+    return [e["state"] for e in journal.events(key)]
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Iterator[tuple[Journal, str]]:
+    journal = Journal(tmp_path / "journal.db")
+    key = add(journal, "1.2.3.9.1")
+    journal.add_job(key, "chest", "cxr")
+    yield journal, key
+    journal.close()
+
+
+def test_a_transient_error_is_noted_and_raised_until_the_last_try(
+        job: tuple[Journal, str]) -> None:
+    journal, key = job
+
+    def disk_full(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for attempt in (1, 2):
+        with pytest.raises(TransientError, match="No space left on device"):
+            run_job(journal, None, key, "chest", disk_full,  # type: ignore[arg-type]
+                    attempt=attempt, attempts=3)
+        assert journal.jobs(key)[0]["state"] == "processing"  # not failed while tries are left
+    assert run_job(journal, None, key, "chest", disk_full,  # type: ignore[arg-type]
+                   attempt=3, attempts=3) == "failed"
+    job_row = journal.jobs(key)[0]
+    assert job_row["state"] == "failed"
+    assert job_row["error"] == ("OSError: [Errno 28] No space left on device "
+                                "(transient; gave up after try 3 of 3)")
+    retries = [e["detail"] for e in journal.events(key) if e["state"] == "retry"]
+    assert retries == [f"job chest try {n} of 3 failed, to be tried again: OSError: [Errno 28] "
+                       "No space left on device" for n in (1, 2)]
+    assert states(journal, key).count("failed") == 1
+
+
+def test_a_permanent_error_fails_the_job_on_its_first_try(job: tuple[Journal, str]) -> None:
+    journal, key = job
+
+    def undecodable(*_: Any) -> None:
+        raise InferenceError("cannot decode pixel data")
+
+    assert run_job(journal, None, key, "chest", undecodable,  # type: ignore[arg-type]
+                   attempt=1, attempts=3) == "failed"
+    assert journal.jobs(key)[0]["error"] == "InferenceError: cannot decode pixel data"
+    assert "retry" not in states(journal, key)
+
+
+# --- through a real worker --------------------------------------------------------------------
+
+
+@contextmanager
+def journal_locked(data_dir: Path) -> Iterator[None]:
+    """Hold the journal's write lock, as a stuck writer of another process would."""
+    db = sqlite3.connect(journal_path(data_dir), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@dataclass
+class Site:
+    """A node sending to a redis-server of the test's own, and its journal, read here."""
+
+    node: ServedNode
+    redis: redis.Redis
+    journal: Journal
+
+
+@pytest.fixture
+def site(serve: Any, own_redis: Any, tmp_path: Path) -> Iterator[Site]:
+    own_redis()
+    config = config_with(tmp_path, "data", broker=True)
+    config["broker"] = {"url": own_redis.url}
+    node = serve(config, data_dir=tmp_path / "data")
+    journal = Journal(journal_path(node.data_dir))
+    yield Site(node, redis.Redis.from_url(own_redis.url), journal)
+    journal.close()
+
+
+def settled(journal: Journal, count: int) -> list[Any]:
+    studies = journal.studies()
+    ended = [s for s in studies if s.state in ("done", "failed", "skipped")]
+    return studies if len(studies) == count and len(ended) == count else []
+
+
+def metrics_env(tmp_path: Path) -> tuple[int, dict[str, str]]:
+    """A port for a worker's metrics, and the environment that asks for them."""
+    port = free_port()
+    (tmp_path / "metrics").mkdir()
+    return port, {"UMSREP_WORKER_METRICS_PORT": str(port),
+                  "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+
+
+def metrics(port: int, name: str, label: str) -> dict[str, float]:
+    """The samples `name` on the worker's metrics endpoint, by the value of `label`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {s.labels[label]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name and s.labels["pipeline"] == "cxr"}
+
+
+@pytest.mark.slow
+def test_a_locked_journal_is_retried_with_backoff_and_the_study_ends_done(
+        site: Site, worker: Any, tmp_path: Path) -> None:
+    node, journal = site.node, site.journal
+    files = samples.write_study(tmp_path / "cr", "cr", 21, rows=256, columns=256)
+    assert storescu(node.port, files).returncode == 0
+    wait_until(lambda: site.redis.llen("cxr") == 1)  # sent; no worker yet
+    [study] = journal.studies()
+    port, env = metrics_env(tmp_path)
+    with journal_locked(node.data_dir):
+        worker(node.config_path, env=env)
+        # The job cannot start: SQLite waits its busy timeout (30 s), then the try fails.
+        wait_until(lambda: "database is locked" in (tmp_path / "worker.log").read_text(),
+                   timeout=120)
+        assert journal.jobs(study.study_key)[0]["state"] == "queued"
+    wait_until(lambda: settled(journal, 1), timeout=60)
+    assert journal.study(study.study_key).state == "done"  # type: ignore[union-attr]
+    events = journal.events(study.study_key)
+    [retry] = [e["detail"] for e in events if e["state"] == "retry"]
+    assert retry == (f"job chest try 1 of {ATTEMPTS} failed, to be tried again: "
+                     "OperationalError: database is locked")
+    timeline = [e["state"] for e in events if e["state"] in ("retry", "processing", "done",
+                                                               "failed")]
+    assert timeline == ["retry", "processing", "done"]  # the first try never started
+    wait_until(lambda: len(outputs(node.data_dir)) == 2)  # delivered by the node
+    assert metrics(port, "umsrep_tasks_total", "outcome") == {"retried": 1.0, "done": 1.0}
+
+
+@pytest.mark.slow
+def test_undecodable_pixels_fail_once_and_the_worker_metrics_count_each_outcome(
+        site: Site, worker: Any, tmp_path: Path) -> None:
+    node, journal = site.node, site.journal
+    port, env = metrics_env(tmp_path)
+    worker(node.config_path, env=env)
+    good = samples.write_study(tmp_path / "good", "cr", 22, rows=256, columns=256)
+    bad = undecodable_cr(23)
+    sent = storescu(node.port, [*good, samples.write(bad, tmp_path / "bad.dcm")],
+                    extra=("-xr",))  # RLE proposed: the file goes as it is
+    assert sent.returncode == 0
+    studies = {s.study_uid: s for s in wait_until(lambda: settled(journal, 2), timeout=120)}
+    assert studies[str(bad.StudyInstanceUID)].state == "failed"
+    failed = studies[str(bad.StudyInstanceUID)].study_key
+    [job] = journal.jobs(failed)
+    assert job["error"].startswith("InferenceError: cannot decode pixel data")
+    assert states(journal, failed).count("processing") == 1  # one try
+    assert "retry" not in states(journal, failed)
+    assert [s.state for s in studies.values() if s.study_key != failed] == ["done"]
+
+    assert metrics(port, "umsrep_tasks_total", "outcome") == {"done": 1.0, "failed": 1.0}
+    stages = metrics(port, "umsrep_stage_seconds_count", "stage")
+    assert stages["load"] == 2.0  # both studies loaded the bundle; one got further
+    assert stages["inference"] == stages["writing"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_child_gives_the_task_back_and_the_study_is_done_once(
+        site: Site, worker: Any, tmp_path: Path) -> None:
+    node, journal = site.node, site.journal
+    proc = worker(node.config_path)
+    wait_until(lambda: children(proc.pid), timeout=60)  # the pool's one child
+    files = samples.write_study(tmp_path / "cr", "cr", 24, 4, rows=256, columns=256)
+    assert storescu(node.port, files).returncode == 0
+    key = wait_until(lambda: [j["study_key"] for j in journal.jobs()
+                              if j["state"] == "processing"], timeout=120, interval=0.02)[0]
+    with journal_locked(node.data_dir):  # the task cannot finish while the child is killed
+        [child] = children(proc.pid)
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: child not in children(proc.pid))
+        assert journal.jobs(key)[0]["state"] == "processing"
+    wait_until(lambda: settled(journal, 1), timeout=120)
+    timeline = [s for s in states(journal, key) if s in ("processing", "done", "failed")]
+    assert timeline == ["processing", "processing", "done"]  # started twice, done once
+    log = (tmp_path / "worker.log").read_text()
+    assert "WorkerLostError" in log and "signal 9" in log
+    assert len(journal.outbox(key)) == 8  # SEG and SR of 4 images: one set
+    wait_until(lambda: len(outputs(node.data_dir)) == 8)  # delivered by the node
+    assert proc.poll() is None  # the worker itself lives on
