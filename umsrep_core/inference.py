@@ -9,6 +9,7 @@ ultrasound region) unchanged. `umsrep model predict` and the workers both call t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +103,15 @@ class Predictor:
             raise InferenceError(f"bundle {bundle.path}: normalisation std {self.std} is not "
                                  "positive")
         self.batch_size = batch_size
+        # Seconds of the last predict call: decoding and letterbox, the forward pass, mapping
+        # back and measuring. The pipeline notes them as its stages.
+        self.timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
 
     # --- entry points -----------------------------------------------------------------------
 
     def predict_dicom(self, ds: pydicom.Dataset) -> list[Prediction]:
         """One Prediction per frame of `ds`, with its pixel spacing or ultrasound region."""
+        started = time.perf_counter()
         notes: list[str] = []
         spacing: Spacing = None
         region = None
@@ -119,7 +124,9 @@ class Predictor:
             if len(regions) > 1:
                 notes.append(f"{len(regions)} spectral regions: the first one was measured")
         frames = read_frames(ds)
-        return self._run([_Input(f, spacing, region, list(notes)) for f in frames])
+        decoding = time.perf_counter() - started
+        return self._run([_Input(f, spacing, region, list(notes)) for f in frames],
+                         decoding_s=decoding)
 
     def predict_array(self, image: np.ndarray, *, pixel_spacing: Spacing = None,
                       region: SpectralRegion | None = None) -> Prediction:
@@ -140,21 +147,34 @@ class Predictor:
                   for img, s, r in zip(images, spacings, boxes, strict=True)]
         return self._run(inputs)
 
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every head's output for a batch of letterboxed images (N, size, size) in [0, 1], from
+        ONE encoder pass: segmentation probabilities, class probabilities, denoised images."""
+        tensor = (torch.from_numpy(x[:, None]).to(self.device) - self.mean) / self.std
+        with torch.inference_mode():
+            heads = self.model(tensor, heads=self.heads)
+        return {name: self._numpy(name, value) for name, value in heads.items()}
+
     # --- the pass ---------------------------------------------------------------------------
 
-    def _run(self, inputs: list[_Input]) -> list[Prediction]:
+    def _run(self, inputs: list[_Input], decoding_s: float = 0.0) -> list[Prediction]:
+        timings = {"preprocess": decoding_s, "inference": 0.0, "postprocess": 0.0}
         out: list[Prediction] = []
         for start in range(0, len(inputs), self.batch_size):
+            t0 = time.perf_counter()
             chunk = inputs[start:start + self.batch_size]
             boxes = [self._letterbox(item) for item in chunk]
             x = np.stack([box.to_model(item.image) for box, item in zip(boxes, chunk,
                                                                          strict=True)])
-            tensor = (torch.from_numpy(x[:, None]).to(self.device) - self.mean) / self.std
-            with torch.inference_mode():
-                heads = self.model(tensor, heads=self.heads)  # ONE encoder pass, every head
-            arrays = {name: self._numpy(name, value) for name, value in heads.items()}
+            t1 = time.perf_counter()
+            arrays = self.forward(x)
+            t2 = time.perf_counter()
             out += [self._prediction(item, box, {k: v[i] for k, v in arrays.items()})
                     for i, (item, box) in enumerate(zip(chunk, boxes, strict=True))]
+            for stage, seconds in zip(timings, (t1 - t0, t2 - t1, time.perf_counter() - t2),
+                                      strict=True):
+                timings[stage] += seconds
+        self.timings = timings
         return out
 
     def _numpy(self, head: str, value: torch.Tensor) -> np.ndarray:

@@ -36,7 +36,8 @@ PORT_VARIABLE = "UMSREP_WORKER_METRICS_PORT"
 FOLDER_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 OUTCOMES = ("done", "skipped", "failed", "retried")
-STAGES = ("load", "preprocess", "inference", "writing")  # as the pipeline notes them
+# The stages workers.pipeline notes in the journal, in their order.
+STAGES = ("load", "preprocess", "inference", "postprocess", "writing")
 
 TASKS = Counter("umsrep_tasks_total", "Tries of umsrep.process_study by outcome",
                 ["pipeline", "outcome"])

@@ -27,6 +27,7 @@ from pacs_node.spool import write_durably
 from umsrep_core.errors import RoutingError, StudySkipped
 from umsrep_core.inference import Prediction, Predictor, default_device
 from umsrep_core.models.bundle import load_bundle
+from workers.metrics import STAGES
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.seg import build_seg
 from workers.outputs.sr import build_sr
@@ -102,39 +103,46 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
     started = time.perf_counter()
     model = predictor(process.bundle or process.pipeline)
     name, version = str(model.bundle.manifest["name"]), str(model.bundle.manifest["version"])
+    # Milliseconds: most stages of a study take tens of them (bench/e2e_latency.py).
     journal.note(study_key, "load", f"bundle {name} {version}: "
-                                    f"{time.perf_counter() - started:.2f} s")
+                                    f"{time.perf_counter() - started:.3f} s")
     study = journal.study(study_key)
     assert study is not None, study_key
     folder = config.node.data_dir / "outputs" / study.study_uid
     written: list[Path] = []
     skipped: list[str] = []
-    inference_s = writing_s = 0.0
+    seconds = dict.fromkeys(STAGES[1:], 0.0)  # preprocess, inference, postprocess, writing
     for instance in journal.instances(study_key):
+        t_read = time.perf_counter()
         ds = pydicom.dcmread(instance.path)
         why = not_applicable(process.pipeline, ds)
+        frames = frames_of(ds) if why is None else []
+        seconds["preprocess"] += time.perf_counter() - t_read
         if why is not None:
             skipped.append(f"{instance.sop_instance_uid}: {why}")
             continue
-        for source in frames_of(ds):
-            t0 = time.perf_counter()
+        for source in frames:
             prediction = model.predict_dicom(source)[0]
-            t1 = time.perf_counter()
+            for stage, spent in model.timings.items():
+                seconds[stage] += spent
+            t_write = time.perf_counter()
             journal.note(study_key, "findings", json.dumps(
                 {"sop_instance_uid": str(source.SOPInstanceUID), **prediction.to_json()}))
             objects = outputs_for(source, prediction, process, name, version)
             if source is not ds:
                 objects.insert(0, source)  # the frame image that SEG and SR reference
             written += [write_output(o, folder) for o in objects]
-            inference_s += t1 - t0
-            writing_s += time.perf_counter() - t1
+            seconds["writing"] += time.perf_counter() - t_write
             log.info("study %s: %s %s, %d outputs", study_key, process.pipeline,
                      prediction.label, len(objects))
     if skipped:
         journal.note(study_key, "skipped images", "; ".join(skipped))
     if not written:
         raise StudySkipped("nothing the pipeline applies to: " + "; ".join(skipped))
-    journal.note(study_key, "inference", f"{inference_s:.2f} s")
-    journal.note(study_key, "writing", f"{writing_s:.2f} s, {len(written)} objects")
+    # preprocess: reading, selecting, decoding and letterboxing images; inference: the forward
+    # pass of every head; postprocess: outputs back to the source grid, measurements.
+    for stage, spent in seconds.items():
+        detail = f", {len(written)} objects" if stage == "writing" else ""
+        journal.note(study_key, stage, f"{spent:.3f} s{detail}")
     for destination in process.destinations:
         journal.enqueue(study_key, destination, written)

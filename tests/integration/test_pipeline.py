@@ -81,7 +81,7 @@ def test_chest_and_doppler_studies_come_out_as_seg_and_sr(node: Node, tmp_path: 
                               capture_output=True, text=True)
     assert not [line for line in validity.stderr.splitlines() if line.startswith("Error")]
     steps = [e["state"] for e in node.journal.events(studies[0].study_key)]
-    assert {"load", "inference", "writing"} <= set(steps)
+    assert {"load", "preprocess", "inference", "postprocess", "writing"} <= set(steps)
 
 
 def test_nothing_applicable_ends_skipped_with_its_reason(node: Node, tmp_path: Path) -> None:

@@ -74,9 +74,13 @@ class Letterbox:
         y0, x0, y1, x1 = self.crop
         back = _resize(mask_or_prob[..., py:py + nh, px:px + nw].astype(np.float32),
                        (y1 - y0, x1 - x0))
-        out = np.zeros((*mask_or_prob.shape[:-2], *self.shape), dtype=np.float32)
+        if threshold is not None:
+            back = back >= threshold
+        if (y1 - y0, x1 - x0) == self.shape:  # no crop: no canvas to fill (full-size copies)
+            return back
+        out = np.zeros((*mask_or_prob.shape[:-2], *self.shape), dtype=back.dtype)
         out[..., y0:y1, x0:x1] = back
-        return out if threshold is None else out >= threshold
+        return out
 
     def point_to_source(self, y: float, x: float) -> tuple[float, float]:
         """A model-image point (row, column) -> the same point in source pixels."""

@@ -111,7 +111,10 @@ def _colour_to_gray(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndar
 
 def _gray_to_display(stored: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     has_modality = bool(ds.get("ModalityLUTSequence")) or "RescaleSlope" in ds
-    values = apply_modality_lut(stored, ds) if has_modality else stored.astype(np.float64)
+    # float32 (kept by the steps below: NumPy's scalars do not widen arrays) is exact for
+    # stored values of up to 24 bits and ample for display; it halves the memory traffic of
+    # these whole-image steps, the costliest of the decoding.
+    values = (apply_modality_lut(stored, ds) if has_modality else stored).astype(np.float32)
     if ds.get("VOILUTSequence"):
         out = _voi_lut(values, ds.VOILUTSequence[0], ds)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
@@ -122,8 +125,10 @@ def _gray_to_display(stored: np.ndarray, ds: Dataset, photometric: str) -> np.nd
     else:
         low, high = float(values.min()), float(values.max())
         out = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    display: np.ndarray = np.clip(1.0 - out if photometric == "MONOCHROME1" else out, 0.0, 1.0)
-    return display.astype(np.float32)
+    display: np.ndarray = np.clip(out, 0.0, 1.0, out=out)  # every branch made a new array
+    if photometric == "MONOCHROME1":
+        np.subtract(1.0, display, out=display)
+    return display.astype(np.float32, copy=False)
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
@@ -135,7 +140,7 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
         low, span = center - width / 2, max(width, 1e-12)
     else:  # LINEAR, and the default for an unknown function
         low, span = center - 0.5 - (width - 1) / 2, max(width - 1, 1e-12)
-    return np.clip((values - low) / span, 0.0, 1.0)
+    return (values - low) / span  # clipped by the caller
 
 
 def _voi_lut(values: np.ndarray, item: Dataset, ds: Dataset) -> np.ndarray:
