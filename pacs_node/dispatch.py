@@ -132,10 +132,12 @@ class EmbeddedDispatcher:
     stopping meanwhile leaves the job unfinished, and its next start dispatches it again."""
 
     def __init__(self, journal: Journal, config: Callable[[], Config],
-                 handler: Handler | None, *, attempts: int = 5, backoff_s: float = 2.0) -> None:
+                 handler: Handler | None, *, after_job: Callable[[], None] = lambda: None,
+                 attempts: int = 5, backoff_s: float = 2.0) -> None:
         self.journal = journal
         self.config = config  # read per job: the node's current config, rules reloaded
         self.handler = handler
+        self.after_job = after_job  # the node wakes its outbox: results go out at once
         self.attempts, self.backoff_s = attempts, backoff_s
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=config().node.embedded_workers,
@@ -149,6 +151,7 @@ class EmbeddedDispatcher:
             try:
                 run_job(self.journal, self.config(), study_key, route, self.handler,
                         attempt=attempt, attempts=self.attempts)
+                self.after_job()
                 return
             except TransientError:
                 if self.stopping.wait(self.backoff_s * 2 ** (attempt - 1)):

@@ -48,7 +48,8 @@ class Node:
         self.dispatcher: Dispatcher = (
             CeleryDispatcher(config.broker) if config.broker is not None
             else EmbeddedDispatcher(self.journal, lambda: self.config,
-                                    handler or installed_handler()))
+                                    handler or installed_handler(),
+                                    after_job=self.deliverer.wake))
         self.server: ThreadedAssociationServer | None = None
         self._stop = threading.Event()
         self._resumer: threading.Thread | None = None

@@ -5,7 +5,8 @@ it); UMSREP_BROKER_URL overrides its broker. JSON only; a task is acknowledged a
 (acks_late) and given back if its worker dies (reject_on_worker_lost: when a pool child dies,
 the worker's main process puts the message back on its queue at once; the visibility timeout
 below is for a whole worker gone, main process included); one task at a time per
-process (prefetch 1), so that one process per GPU keeps one model warm. Events are on for
+process (prefetch 1), so that one process per GPU keeps one model warm, and each process
+uses its share of the CPU cores (`share_cores`). Events are on for
 Flower. One queue per pipeline, so a host can take only what it serves. The worker serves
 Prometheus metrics on UMSREP_WORKER_METRICS_PORT, with PROMETHEUS_MULTIPROC_DIR, when set
 (see workers.metrics).
@@ -18,7 +19,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 from kombu import Queue
 
 from pacs_node.config import PIPELINES, Config
@@ -58,6 +59,26 @@ def make_app() -> Celery:
     return celery
 
 
+def share_cores(sender: object, **_: object) -> None:
+    """Give each pool process cores / processes torch threads, unless OMP_NUM_THREADS says:
+    torch's default (every core, in every process) oversubscribes the cores, and a busy
+    OpenMP thread that spins waiting for a core slows inference tenfold (bench/throughput.py).
+    Set in the main process (`worker_init`), inherited by the children it forks."""
+    concurrency = getattr(sender, "concurrency", None)
+    processes = concurrency if isinstance(concurrency, int) and concurrency > 0 else \
+        (os.cpu_count() or 1)  # "auto" is resolved later: one per core
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+
+
+def apply_threads(**_: object) -> None:
+    """In each pool process: torch may have been imported before the variable was set."""
+    import torch  # noqa: PLC0415 - only worker processes, not Flower, load torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 app = make_app()
-# In the worker's main process, before its pool forks (a signal of the worker, not the app).
+# In the worker's main process, before its pool forks (signals of the worker, not the app).
 worker_init.connect(metrics.serve)
+worker_init.connect(share_cores)
+worker_process_init.connect(apply_threads)
