@@ -9,6 +9,7 @@ One connection per process, shared by threads under a lock.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -104,6 +105,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 """
+
+
+_STAGE_NOTE = re.compile(r"(\d+(?:\.\d+)?) s(?:,|$)")  # the detail note_stage writes
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,19 @@ class Journal:
         """Record a step of a study's work that is not a state change (timings, outcomes)."""
         with self._tx() as db:
             self._event(db, key, step, detail, time.time())
+
+    def note_stage(self, key: str, stage: str, seconds: float, more: str = "") -> None:
+        """Record how long a stage of a study's job took ("<seconds> s[, <more>]")."""
+        self.note(key, stage, f"{seconds:.3f} s" + (f", {more}" if more else ""))
+
+    def stage_seconds(self, key: str, since: float = 0.0) -> dict[str, float]:
+        """Seconds per stage noted by note_stage at or after `since`, summed per stage."""
+        totals: dict[str, float] = {}
+        for event in self.events(key):
+            match = _STAGE_NOTE.match(event["detail"] or "")
+            if match and event["at"] >= since:
+                totals[event["state"]] = totals.get(event["state"], 0.0) + float(match[1])
+        return totals
 
     def study(self, key: str) -> Study | None:
         rows = self._query("SELECT * FROM studies WHERE study_key = ?", (key,))

@@ -34,6 +34,7 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "last_instance_at": study.last_instance_at,
         "updated_at": study.updated_at,
         "timestamps": reached,
+        "stages": journal.stage_seconds(study.study_key),  # load, inference... of its jobs
         "jobs": [{k: j[k] for k in ("route", "queue", "state", "started_at", "finished_at",
                                     "error")} for j in journal.jobs(study.study_key)],
         "outbox": outbox,
@@ -70,7 +71,7 @@ def _stage(report: dict[str, Any], start: str, end: str) -> str:
 
 def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
     header = ["STUDY KEY", "STATE", "INST", "ROUTE", "RECEIVED", "WAIT s", "QUEUE s",
-              "RUN s", "OUTBOX", "REASON"]
+              "RUN s", "INFER s", "OUTBOX", "REASON"]
     if phi:
         header[1:1] = ["PATIENT", "ID"]
     rows = []
@@ -81,6 +82,7 @@ def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])),
             _stage(r, "receiving", "complete"), _stage(r, "queued", "processing"),
             _stage(r, "processing", finished) if finished else "-",
+            f"{r['stages']['inference']:.2f}" if "inference" in r["stages"] else "-",
             " ".join(f"{k}:{v}" for k, v in sorted(r["outbox"].items())) or "-",
             (r["reason"] or "")[:60],
         ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 from pathlib import Path
 
@@ -44,8 +43,6 @@ TASKS = Counter("umsrep_tasks_total", "Tries of umsrep.process_study by outcome"
 STAGE_SECONDS = Histogram("umsrep_stage_seconds", "Seconds of one stage of a study's job",
                           ["pipeline", "stage"],
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
-# "1.23 s" at the end of a stage note, or before ", 4 objects"
-NOTED_SECONDS = re.compile(r"(\d+(?:\.\d+)?) s(?:,|$)")
 
 
 def record(journal: Journal, study_key: str, pipeline: str, outcome: str,
@@ -54,15 +51,13 @@ def record(journal: Journal, study_key: str, pipeline: str, outcome: str,
     assert outcome in OUTCOMES, outcome
     TASKS.labels(pipeline=pipeline, outcome=outcome).inc()
     try:
-        events = journal.events(study_key)
+        stages = journal.stage_seconds(study_key, since=since)
     except sqlite3.Error as exc:  # a failing journal may be why the try failed: count it anyway
         log.warning("study %s: stage seconds not read from the journal: %s", study_key, exc)
         return
-    for event in events:
-        seconds = NOTED_SECONDS.search(event["detail"] or "")
-        if event["state"] in STAGES and event["at"] >= since and seconds:
-            STAGE_SECONDS.labels(pipeline=pipeline, stage=event["state"]).observe(
-                float(seconds.group(1)))
+    for stage, seconds in stages.items():
+        if stage in STAGES:
+            STAGE_SECONDS.labels(pipeline=pipeline, stage=stage).observe(seconds)
 
 
 def serve(**_: object) -> None:

@@ -103,9 +103,7 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
     started = time.perf_counter()
     model = predictor(process.bundle or process.pipeline)
     name, version = str(model.bundle.manifest["name"]), str(model.bundle.manifest["version"])
-    # Milliseconds: most stages of a study take tens of them (bench/e2e_latency.py).
-    journal.note(study_key, "load", f"bundle {name} {version}: "
-                                    f"{time.perf_counter() - started:.3f} s")
+    journal.note_stage(study_key, "load", time.perf_counter() - started, f"bundle {name} {version}")
     study = journal.study(study_key)
     assert study is not None, study_key
     folder = config.node.data_dir / "outputs" / study.study_uid
@@ -142,7 +140,7 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
     # preprocess: reading, selecting, decoding and letterboxing images; inference: the forward
     # pass of every head; postprocess: outputs back to the source grid, measurements.
     for stage, spent in seconds.items():
-        detail = f", {len(written)} objects" if stage == "writing" else ""
-        journal.note(study_key, stage, f"{spent:.3f} s{detail}")
+        journal.note_stage(study_key, stage, spent,
+                           f"{len(written)} objects" if stage == "writing" else "")
     for destination in process.destinations:
         journal.enqueue(study_key, destination, written)

@@ -92,6 +92,9 @@ def test_celery_worker_processes_the_study_like_the_embedded_pool(
     listed = json.loads(node.umsrep("studies", "--data-dir", str(node.data_dir),
                                     "--json").stdout)
     assert listed[0]["state"] == "done"
+    assert set(listed[0]["stages"]) == {"load", "preprocess", "inference", "postprocess",
+                                        "writing"}  # the worker's stage timings
+    assert "INFER s" in node.umsrep("studies", "--data-dir", str(node.data_dir)).stdout
 
     tasks = wait_until(lambda: flower_tasks(flower_port), timeout=30)
     [task] = tasks.values()

@@ -101,3 +101,15 @@ def test_failed_items_can_be_retried(journal: Journal) -> None:
     assert journal.retry_failed("pacs") == 1
     assert [(i.destination, i.attempts) for i in journal.due()] == [("pacs", 0)]
     assert journal.retry_failed() == 1
+
+
+def test_stage_timings_are_summed_per_stage_and_other_notes_ignored(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    journal.note_stage(key, "load", 0.25, "bundle cxr 0.1.0")
+    journal.note_stage(key, "inference", 0.5)
+    journal.note_stage(key, "inference", 0.125)
+    journal.note(key, "findings", '{"ctr": 0.4}')
+    journal.note(key, "retry", "job cxr try 1 of 5 failed, to be tried again: 2 s")
+    assert journal.stage_seconds(key) == {"load": 0.25, "inference": 0.625}
+    later = journal.events(key)[-1]["at"] + 1
+    assert journal.stage_seconds(key, since=later) == {}
