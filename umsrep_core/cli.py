@@ -182,18 +182,20 @@ def predict_cmd(args: argparse.Namespace) -> int:
     from umsrep_core.models.bundle import load_bundle  # noqa: PLC0415
 
     predictor = Predictor(load_bundle(args.bundle), device=args.device)
+    # The denoised image is only written with --out: without it, its head is not run.
+    heads = [h for h in predictor.heads if h != "denoise" or args.out is not None]
     results: list[dict[str, Any]] = []
     for path in args.files:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             image = read_image_file(path)
-            predictions, images = [predictor.predict_array(image)], [image]
+            predictions, images = [predictor.predict_array(image, heads=heads)], [image]
         else:
             try:
                 ds = pydicom.dcmread(path)
             except (InvalidDicomError, OSError) as exc:
                 raise InferenceError(f"{path}: not a readable DICOM file or image ({exc})"
                                      ) from exc
-            predictions, images = predictor.predict_dicom(ds), read_frames(ds)
+            predictions, images = predictor.predict_dicom(ds, heads=heads), read_frames(ds)
         for frame, (prediction, image) in enumerate(zip(predictions, images, strict=True)):
             if args.out is not None:
                 stem = path.stem if len(predictions) == 1 else f"{path.stem}_f{frame + 1}"

@@ -5,6 +5,15 @@ image has one, since that is where the envelope and its calibration live), the e
 ONCE for all heads, and every output is mapped back onto the source pixel grid with the exact
 inverse of the letterbox, so that measurements use the source calibration (pixel spacing,
 ultrasound region) unchanged. `umsrep model predict` and the workers both call this module.
+
+Denoising restores pixels, so it works on the grid whose noise the bundle learned
+(manifest `denoise_grid`): "model", the letterboxed image of that one pass (Doppler strips,
+letterboxed in training too); or "source", the image's own pixels, in overlapping tiles of the
+input size (chest radiographs: their phantoms carry the detector's per-pixel noise, which a
+16-fold downscale to the model grid averages away, and an upscale back cannot restore). The
+fully convolutional encoder and its denoising decoder run over the tiles; the analysis heads
+(segmentation, classification) keep the one whole-image pass. Callers that need no denoised
+image leave the head out (`heads`), and the tiles are not computed.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from umsrep_core.models.bundle import Bundle
 __all__ = ["Prediction", "Predictor", "default_device", "read_image_file"]
 
 Spacing = float | tuple[float, float] | None
+TILE_MARGIN = 16  # pixels of context around each denoising tile's kept centre
 
 
 @dataclass
@@ -94,6 +104,7 @@ class Predictor:
         self.model = bundle.model.to(self.device).eval()
         self.modality = bundle.modality
         self.heads = self.model.tasks
+        self.denoise_grid = str(bundle.manifest.get("denoise_grid", "model"))
         self.size = bundle.config.input_size
         self.seg_labels = [str(s) for s in bundle.manifest["seg_labels"]]
         self.class_labels = [str(c) for c in bundle.manifest["class_labels"]]
@@ -109,8 +120,10 @@ class Predictor:
 
     # --- entry points -----------------------------------------------------------------------
 
-    def predict_dicom(self, ds: pydicom.Dataset) -> list[Prediction]:
-        """One Prediction per frame of `ds`, with its pixel spacing or ultrasound region."""
+    def predict_dicom(self, ds: pydicom.Dataset, heads: Sequence[str] | None = None
+                      ) -> list[Prediction]:
+        """One Prediction per frame of `ds`, with its pixel spacing or ultrasound region.
+        `heads`: the heads to run (default: all the bundle has)."""
         started = time.perf_counter()
         notes: list[str] = []
         spacing: Spacing = None
@@ -126,17 +139,19 @@ class Predictor:
         frames = read_frames(ds)
         decoding = time.perf_counter() - started
         return self._run([_Input(f, spacing, region, list(notes)) for f in frames],
-                         decoding_s=decoding)
+                         heads, decoding_s=decoding)
 
     def predict_array(self, image: np.ndarray, *, pixel_spacing: Spacing = None,
-                      region: SpectralRegion | None = None) -> Prediction:
+                      region: SpectralRegion | None = None,
+                      heads: Sequence[str] | None = None) -> Prediction:
         """One (rows, cols) float image in [0, 1], bright = high signal."""
-        return self.predict_batch([image], pixel_spacings=[pixel_spacing], regions=[region])[0]
+        return self.predict_batch([image], pixel_spacings=[pixel_spacing], regions=[region],
+                                  heads=heads)[0]
 
     def predict_batch(self, images: Sequence[np.ndarray], *,
                       pixel_spacings: Sequence[Spacing] | None = None,
-                      regions: Sequence[SpectralRegion | None] | None = None
-                      ) -> list[Prediction]:
+                      regions: Sequence[SpectralRegion | None] | None = None,
+                      heads: Sequence[str] | None = None) -> list[Prediction]:
         """Several images, `batch_size` per forward pass, each through the encoder once."""
         n = len(images)
         spacings = list(pixel_spacings) if pixel_spacings is not None else [None] * n
@@ -145,19 +160,50 @@ class Predictor:
             raise ValueError(f"{n} images, {len(spacings)} spacings, {len(boxes)} regions")
         inputs = [_Input(np.asarray(img, dtype=np.float32), s, r, [])
                   for img, s, r in zip(images, spacings, boxes, strict=True)]
-        return self._run(inputs)
+        return self._run(inputs, heads)
 
-    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Every head's output for a batch of letterboxed images (N, size, size) in [0, 1], from
-        ONE encoder pass: segmentation probabilities, class probabilities, denoised images."""
+    def forward(self, x: np.ndarray, heads: Sequence[str] | None = None
+                ) -> dict[str, np.ndarray]:
+        """The heads' outputs (default all) for a batch of images (N, H, W) in [0, 1], H and W
+        multiples of 2**depth, from ONE encoder pass: segmentation probabilities, class
+        probabilities, denoised images."""
         tensor = (torch.from_numpy(x[:, None]).to(self.device) - self.mean) / self.std
         with torch.inference_mode():
-            heads = self.model(tensor, heads=self.heads)
-        return {name: self._numpy(name, value) for name, value in heads.items()}
+            out = self.model(tensor, heads=self.heads if heads is None else heads)
+        return {name: self._numpy(name, value) for name, value in out.items()}
+
+    def denoise_tiles(self, image: np.ndarray, crop: tuple[int, int, int, int]) -> np.ndarray:
+        """`image` denoised on its own pixel grid inside `crop` (y0, x0, y1, x1), tile by tile:
+        tiles of the input size overlap by 2 * TILE_MARGIN pixels, and only their centres are
+        kept, so that no tile edge shows. Outside the crop: the input, unchanged."""
+        y0, x0, y1, x1 = crop
+        core = self.size - 2 * TILE_MARGIN
+        h, w = y1 - y0, x1 - x0
+        rows, cols = -(-h // core), -(-w // core)
+        padded = np.pad(image[y0:y1, x0:x1], ((TILE_MARGIN, rows * core - h + TILE_MARGIN),
+                                              (TILE_MARGIN, cols * core - w + TILE_MARGIN)),
+                        mode="reflect")
+        starts = [(r * core, c * core) for r in range(rows) for c in range(cols)]
+        out = np.empty((rows * core, cols * core), dtype=np.float32)
+        step = 8 * self.batch_size  # tiles per forward pass
+        for first in range(0, len(starts), step):
+            chunk = starts[first:first + step]
+            tiles = np.stack([padded[y:y + self.size, x:x + self.size] for y, x in chunk])
+            clean = self.forward(tiles, heads=("denoise",))["denoise"][:, 0]
+            for (y, x), tile in zip(chunk, clean, strict=True):
+                out[y:y + core, x:x + core] = tile[TILE_MARGIN:-TILE_MARGIN,
+                                                   TILE_MARGIN:-TILE_MARGIN]
+        denoised = image.copy()
+        denoised[y0:y1, x0:x1] = np.clip(out[:h, :w], 0, 1)
+        return denoised
 
     # --- the pass ---------------------------------------------------------------------------
 
-    def _run(self, inputs: list[_Input], decoding_s: float = 0.0) -> list[Prediction]:
+    def _run(self, inputs: list[_Input], heads: Sequence[str] | None,
+             decoding_s: float = 0.0) -> list[Prediction]:
+        wanted = tuple(self.heads if heads is None else heads)
+        tiled = "denoise" in wanted and self.denoise_grid == "source"
+        one_pass = tuple(h for h in wanted if not (tiled and h == "denoise"))
         timings = {"preprocess": decoding_s, "inference": 0.0, "postprocess": 0.0}
         out: list[Prediction] = []
         for start in range(0, len(inputs), self.batch_size):
@@ -167,9 +213,12 @@ class Predictor:
             x = np.stack([box.to_model(item.image) for box, item in zip(boxes, chunk,
                                                                          strict=True)])
             t1 = time.perf_counter()
-            arrays = self.forward(x)
+            arrays = self.forward(x, one_pass) if one_pass else {}
+            denoised = [self.denoise_tiles(item.image, box.crop) if tiled else None
+                        for item, box in zip(chunk, boxes, strict=True)]
             t2 = time.perf_counter()
-            out += [self._prediction(item, box, {k: v[i] for k, v in arrays.items()})
+            out += [self._prediction(item, box, {k: v[i] for k, v in arrays.items()},
+                                     denoised[i])
                     for i, (item, box) in enumerate(zip(chunk, boxes, strict=True))]
             for stage, seconds in zip(timings, (t1 - t0, t2 - t1, time.perf_counter() - t2),
                                       strict=True):
@@ -192,14 +241,14 @@ class Predictor:
         crop = region_box(item.region) if item.region is not None else None
         return Letterbox.fit(item.image.shape, self.size, crop=crop)
 
-    def _prediction(self, item: _Input, box: Letterbox, heads: dict[str, np.ndarray]
-                    ) -> Prediction:
+    def _prediction(self, item: _Input, box: Letterbox, heads: dict[str, np.ndarray],
+                    denoised: np.ndarray | None) -> Prediction:
+        """`denoised`: the image denoised on its own grid, or None (then from `heads`)."""
         reasons = list(item.notes)
         masks: dict[str, np.ndarray] = {}
         if "segment" in heads:
             back = box.mask_to_source(heads["segment"], threshold=0.5)
             masks = {name: back[i] for i, name in enumerate(self.seg_labels)}
-        denoised = None
         if "denoise" in heads:
             mapped = np.clip(box.mask_to_source(heads["denoise"][0], threshold=None), 0, 1)
             denoised = item.image.copy()  # outside an echo crop: the input, unchanged
@@ -213,7 +262,7 @@ class Predictor:
             best = int(np.argmax(probs))
             label, probability = self.class_labels[best], float(probs[best])
         else:
-            reasons.append("the bundle has no classification head: no label")
+            reasons.append("no classification head was run: no label")
         measurements = self._measure(item, masks, label, reasons)
         return Prediction(modality=self.modality, label=label, probability=probability,
                           probabilities=probabilities, masks=masks, denoised=denoised,

@@ -71,6 +71,11 @@ def rule_process(config: Config, route: str) -> Process:
     raise RoutingError(f"no process rule named {route!r} in the configuration")
 
 
+def heads_for(process: Process, available: tuple[str, ...]) -> tuple[str, ...]:
+    """The heads a route's outputs need: the denoising head only for a denoised image."""
+    return tuple(h for h in available if h != "denoise" or "denoised" in process.outputs)
+
+
 def outputs_for(source: Dataset, prediction: Prediction, process: Process, model_name: str,
                 model_version: str) -> list[Dataset]:
     modality = process.pipeline
@@ -120,7 +125,7 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
             skipped.append(f"{instance.sop_instance_uid}: {why}")
             continue
         for source in frames:
-            prediction = model.predict_dicom(source)[0]
+            prediction = model.predict_dicom(source, heads=heads_for(process, model.heads))[0]
             for stage, spent in model.timings.items():
                 seconds[stage] += spent
             t_write = time.perf_counter()

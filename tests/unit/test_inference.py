@@ -15,7 +15,7 @@ from pacs_node.samples import cr_dataset, default_spectral_region, us_doppler_da
 from umsrep_core.evaluation.metrics import dice
 from umsrep_core.inference import Predictor, read_image_file
 from umsrep_core.measure import DOPPLER_TYPES, STRUCTURES
-from umsrep_core.models.bundle import Bundle, load_bundle, save_bundle
+from umsrep_core.models.bundle import Bundle, BundleError, load_bundle, save_bundle
 from umsrep_core.models.umsrep import ModelConfig, UMSRep
 
 CXR_KEYS = {"modality", "label", "probability", "ctr", "areas_mm2", "reasons"}
@@ -145,3 +145,39 @@ def test_predict_batch_runs_the_encoder_once_per_image(bundles: dict[str, Path])
     assert all(calls[h] == [2, 1] for h in predictor.heads)  # every head, same passes
     assert [p.masks["heart"].shape for p in predictions] == [im.shape for im in images]
     assert predictions[1].to_json()["areas_mm2"]["heart"] is None
+
+
+def test_a_source_grid_bundle_denoises_in_tiles_only_when_asked(tmp_path: Path) -> None:
+    seg, classes = LABELS["cxr"]
+    torch.manual_seed(0)
+    model = UMSRep(ModelConfig(width=4, dec_width=4, depth=3, input_size=64, n_seg=len(seg),
+                               n_classes=len(classes), hidden=8))
+    path = save_bundle(model, {"name": "tiles", "version": "0", "modality": "cxr",
+                               "seg_labels": seg, "class_labels": classes,
+                               "normalisation": {}, "denoise_grid": "source",
+                               "training_data": "none (untrained)"}, tmp_path / "b")
+    predictor = Predictor(load_bundle(path), device="cpu")
+    seen: list[tuple[int, ...]] = []
+    predictor.model.encoder.register_forward_hook(
+        lambda module, inputs, output: seen.append(tuple(inputs[0].shape)))
+    image = np.random.default_rng(0).random((300, 200)).astype(np.float32)
+
+    without = predictor.predict_array(image, heads=("segment", "classify"))
+    assert without.denoised is None and seen == [(1, 1, 64, 64)]  # the one pass, no tiles
+    seen.clear()
+    tiled = predictor.predict_array(image)
+    # The whole image once for the analysis heads; then 32-pixel tile centres with 16 pixels
+    # of context each side cover 300 x 200 in 10 x 7 tiles of the input size.
+    assert seen[0] == (1, 1, 64, 64) and all(s[1:] == (1, 64, 64) for s in seen[1:])
+    assert sum(s[0] for s in seen[1:]) == 70
+    assert tiled.denoised is not None and tiled.denoised.shape == image.shape
+    assert tiled.denoised.min() >= 0 and tiled.denoised.max() <= 1
+    assert set(tiled.masks) == set(seg) and tiled.label == without.label
+
+
+def test_a_manifest_with_an_unknown_denoise_grid_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="denoise_grid 'detector'"):
+        save_bundle(UMSRep(ModelConfig(width=4, depth=2, input_size=32)),
+                    {"name": "x", "version": "0", "modality": "cxr", "seg_labels": ["a"] * 3,
+                     "class_labels": ["n", "a"], "normalisation": {},
+                     "denoise_grid": "detector", "training_data": "none"}, tmp_path / "x")

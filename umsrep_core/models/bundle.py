@@ -24,13 +24,16 @@ import torch
 from umsrep_core.errors import InferenceError
 from umsrep_core.models.umsrep import HEADS, ModelConfig, UMSRep
 
-__all__ = ["BUNDLES_DIR", "CLINICAL_USE", "MODALITIES", "Bundle", "BundleError",
+__all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "MODALITIES", "Bundle", "BundleError",
            "available_bundles", "load_bundle", "save_bundle"]
 
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
 MODALITIES = ("cxr", "echo_doppler")
 CLINICAL_USE = "NOT FOR CLINICAL USE: trained on synthetic phantoms"
+# Optional manifest key `denoise_grid`: where the denoising head works (see inference.py):
+# "model" (the letterboxed image, the default) or "source" (the image's pixels, in tiles).
+DENOISE_GRIDS = ("model", "source")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _REQUIRED: dict[str, type] = {
     "name": str, "version": str, "modality": str, "tasks": list, "seg_labels": list,
@@ -157,6 +160,9 @@ def _check_manifest(manifest: Mapping[str, Any], path: Path) -> ModelConfig:
     tasks = manifest["tasks"]
     if not tasks or len(set(tasks)) != len(tasks) or not set(tasks) <= set(HEADS):
         raise BundleError(f"{where}: tasks {tasks} must be distinct names from {HEADS}")
+    if manifest.get("denoise_grid", "model") not in DENOISE_GRIDS:
+        raise BundleError(f"{where}: denoise_grid {manifest['denoise_grid']!r} is not one of "
+                          f"{DENOISE_GRIDS}")
     if "NOT FOR CLINICAL USE" not in manifest["clinical_use"]:
         raise BundleError(f"{where}: clinical_use must say NOT FOR CLINICAL USE")
     if not re.fullmatch(r"[0-9a-f]{64}", manifest["sha256"]):

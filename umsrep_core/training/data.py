@@ -19,12 +19,16 @@ from umsrep_core.imaging.us import region_box
 from umsrep_core.phantoms.chest import chest_batch
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, make_doppler
 
-__all__ = ["LABELS", "Batch", "PhantomPool", "corrupt", "phantom_arrays"]
+__all__ = ["DENOISE_GRID", "LABELS", "Batch", "PhantomPool", "corrupt", "phantom_arrays"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean, masks, labels
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
           "echo_doppler": (["envelope"], list(DOPPLER_TYPES))}
+# The grid whose noise the denoising head learns (bundle manifest `denoise_grid`): chest
+# phantoms are drawn at the model size with the detector's per-pixel noise, as a radiograph's
+# own pixels carry it; Doppler strips are letterboxed, speckle and all.
+DENOISE_GRID = {"cxr": "source", "echo_doppler": "model"}
 
 
 def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:

@@ -37,7 +37,14 @@ from tqdm import tqdm
 from umsrep_core.errors import UmsrepError
 from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
 from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
-from umsrep_core.training.data import LABELS, Batch, PhantomPool, corrupt, phantom_arrays
+from umsrep_core.training.data import (
+    DENOISE_GRID,
+    LABELS,
+    Batch,
+    PhantomPool,
+    corrupt,
+    phantom_arrays,
+)
 from umsrep_core.training.losses import multitask_loss
 
 __all__ = ["SCHEDULES", "STAGES", "RunSpec", "TrainingError", "export", "load_record",
@@ -142,6 +149,7 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
     return save_bundle(model, {
         "name": name, "version": version, "modality": spec.modality, "seg_labels": seg,
         "class_labels": classes, "normalisation": {},
+        "denoise_grid": DENOISE_GRID[spec.modality],
         "training_data": f"synthetic phantoms (umsrep_core.phantoms), seed {spec.seed}: "
                          f"{spec.label}, {steps} steps of {spec.batch} at {spec.image_size} px"
                          f"{origin}"}, out)
