@@ -176,8 +176,8 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
                        image_size=spec.image_size, seed=spec.seed)
     pretext = torch.Generator().manual_seed(spec.seed)
     phases = _phases(spec)
-    state: dict[str, Any] = {"step": 0, "losses": [], "seconds": 0.0}
     saved = _load_checkpoint(out) if resume and (out / CHECKPOINT).is_file() else None
+    state: dict[str, Any] = {"step": 0, "losses": [], "seconds": 0.0}
     if saved is not None:
         model.load_state_dict(saved["model"])
         pool.load_state_dict(saved["pool"])
@@ -185,16 +185,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         torch.set_rng_state(saved["torch_rng"])
         state = {k: saved[k] for k in ("step", "losses", "seconds")}
     start = state["step"]
-    # A schedule's constructor resets the learning rate and momentum: mid-phase, the saved
-    # optimiser and schedule states go on top of it; at a phase start, it comes last.
-    if saved is not None and start not in phases:
-        schedule = _schedule(optimiser, spec, phases, start)
-        optimiser.load_state_dict(saved["optimiser"])
-        schedule.load_state_dict(saved["schedule"])
-    else:
-        if saved is not None:
-            optimiser.load_state_dict(saved["optimiser"])
-        schedule = _schedule(optimiser, spec, phases, start)
+    schedule = _schedule(optimiser, spec, phases, start, saved)
 
     def checkpoint() -> None:
         _save_checkpoint(out, {
@@ -342,11 +333,19 @@ def _phase_of(phases: dict[int, tuple[str, ...]], step: int) -> tuple[str, ...]:
 
 
 def _schedule(optimiser: torch.optim.Optimizer, spec: RunSpec, phases: dict[int, Any],
-              step: int) -> torch.optim.lr_scheduler.OneCycleLR:
-    """One warm-up-and-anneal cycle per phase: each head of a sequential run gets its own."""
+              step: int, saved: dict[str, Any] | None = None
+              ) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One warm-up-and-anneal cycle per phase (each head of a sequential run gets its own),
+    for the phase of `step`; with `saved`, the optimiser and schedule of a checkpoint."""
     first, end, _ = next(span for span in _spans(spec, phases) if span[0] <= step < span[1])
-    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr,
-                                               total_steps=end - first)
+    if saved is not None and step == first:  # at a phase start: a fresh cycle on them
+        optimiser.load_state_dict(saved["optimiser"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr,
+                                                   total_steps=end - first)
+    if saved is not None and step != first:  # mid-phase: the constructor's reset undone
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+    return schedule
 
 
 def _step_function(spec: RunSpec, model: UMSRep, pretext: torch.Generator, dev: torch.device
