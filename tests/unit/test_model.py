@@ -91,6 +91,21 @@ def test_bad_inputs_and_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown model_config keys"):
         ModelConfig.from_dict({"width": 8, "colour": True})
     assert ModelConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="class_levels 4"):
+        ModelConfig(depth=2, input_size=32, class_levels=4)
+
+
+def test_the_classifier_can_pool_a_finer_level_too() -> None:
+    """A finding smaller than a bottleneck cell still moves the classifier's input."""
+    config = ModelConfig(**{**TINY.to_dict(), "class_levels": 2})  # the default
+    head = UMSRep(config, heads=("classify",)).eval()
+    seen: list[torch.Tensor] = []
+    head.heads["classify"].mlp.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0]))
+    head(torch.rand(1, 1, 32, 32))
+    assert seen[0].shape == (1, 2 * (8 + 16))  # mean and max of levels 1 (8 ch) and 2 (16 ch)
+    alone = UMSRep(ModelConfig(**{**TINY.to_dict(), "class_levels": 1}), heads=("classify",))
+    assert alone.heads["classify"].mlp[0].in_features == 2 * 16  # the bottleneck only
 
 
 def _encoder_flags(model: UMSRep) -> list[bool]:

@@ -149,10 +149,18 @@ def test_compute_is_counted_in_flop_and_pretraining_is_charged(pretrained: Path,
     ({"schedule": "interleaved"}, "schedule 'interleaved'"),
     ({"heads": ("segment", "measure")}, "heads"),
     ({"modality": "mri"}, "modality 'mri'"),
-    ({"batch": 16}, "batch <= pool")])
+    ({"batch": 16}, "batch <= pool"),
+    ({"model": {"depth": 9}}, "not a multiple of 2\\*\\*depth"),
+    ({"model": {"colour": True}}, "unknown model_config keys")])
 def test_bad_specs_are_refused_with_the_reason(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         tiny(**fields)
+
+
+def test_a_spec_keeps_its_whole_model_configuration() -> None:
+    spec = tiny()
+    assert spec.model == spec.config().to_dict() and spec.model["class_levels"] == 2
+    assert RunSpec.from_json(spec.to_json()) == spec
 
 
 def test_init_and_export_check_the_kind_of_run(pretrained: Path, tmp_path: Path) -> None:

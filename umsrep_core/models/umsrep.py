@@ -48,6 +48,7 @@ class ModelConfig:
     dec_width: int = 16  # decoder channels at half resolution, doubled at each level down
     norm: Literal["batch", "group"] = "batch"
     hidden: int = 64  # the classification MLP's hidden units
+    class_levels: int = 2  # encoder levels the classifier pools, the bottleneck and up
     dropout: float = 0.2  # before the classifier's last layer
 
     def __post_init__(self) -> None:
@@ -57,6 +58,9 @@ class ModelConfig:
         if self.input_size % 2**self.depth:
             raise ValueError(f"input_size {self.input_size} is not a multiple of "
                              f"2**depth = {2**self.depth}")
+        if not 1 <= self.class_levels <= self.depth + 1:
+            raise ValueError(f"class_levels {self.class_levels}: 1 to depth + 1 = "
+                             f"{self.depth + 1}")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"norm {self.norm!r} is not 'batch' or 'group'")
 
@@ -138,19 +142,24 @@ class UNetDecoder(nn.Module):
 
 
 class ClassHead(nn.Module):
-    """Global average and max pooling of the bottleneck, then a small MLP. Max pooling keeps a
-    small finding (a nodule) from being averaged away."""
+    """Global average and max pooling of the bottleneck (and of the `class_levels - 1` encoder
+    levels above it), then a small MLP. Max pooling keeps a small finding (a nodule) from being
+    averaged away; a finer level keeps it from being smaller than the bottleneck's cells."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        channels = config.width * 2**config.depth
+        self.levels = config.class_levels
+        channels = sum(config.width * 2**i
+                       for i in range(config.depth + 1 - self.levels, config.depth + 1))
         self.mlp = nn.Sequential(nn.Linear(2 * channels, config.hidden), nn.ReLU(inplace=True),
                                  nn.Dropout(config.dropout), nn.Linear(config.hidden,
                                                                        config.n_classes))
 
     def forward(self, features: Features) -> Tensor:
-        bottleneck = features[1]
-        pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))], dim=1)
+        skips, bottleneck = features
+        maps = [*skips[len(skips) + 1 - self.levels:], bottleneck]
+        pooled = torch.cat([t for m in maps for t in (m.mean(dim=(2, 3)), m.amax(dim=(2, 3)))],
+                           dim=1)
         logits: Tensor = self.mlp(pooled)
         return logits
 

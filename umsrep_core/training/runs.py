@@ -76,7 +76,9 @@ class RunSpec:
     pool: int = 256
     seed: int = 0
     lr: float = 3e-3
-    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides: width, depth...
+    # ModelConfig fields (width, depth...); stored resolved, so that a run keeps its
+    # architecture when the code's defaults change.
+    model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         choices = {"modality": (self.modality, tuple(LABELS)), "stage": (self.stage, STAGES),
@@ -94,6 +96,14 @@ class RunSpec:
             raise TrainingError(f"strategy {self.strategy!r} needs a pretrained encoder (init)")
         if min(self.steps, self.batch, self.pool) < 1 or self.batch > self.pool:
             raise TrainingError("steps, batch and pool must be positive, batch <= pool")
+        seg, classes = LABELS[self.modality]
+        try:
+            resolved = ModelConfig.from_dict({**self.model, "n_seg": len(seg),
+                                              "n_classes": len(classes),
+                                              "input_size": self.image_size})
+        except (TypeError, ValueError) as exc:
+            raise TrainingError(f"model {self.model}: {exc}") from exc
+        object.__setattr__(self, "model", resolved.to_dict())
 
     @property
     def label(self) -> str:
@@ -106,9 +116,7 @@ class RunSpec:
         return f"{self.strategy} {self.schedule}"
 
     def config(self) -> ModelConfig:
-        seg, classes = LABELS[self.modality]
-        return ModelConfig(**{"n_seg": len(seg), "n_classes": len(classes),
-                              "input_size": self.image_size, **self.model})
+        return ModelConfig.from_dict(self.model)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "heads": list(self.heads)}
