@@ -18,6 +18,7 @@ image leave the head out (`heads`), and the tiles are not computed.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,25 @@ class Predictor:
                       ) -> list[Prediction]:
         """One Prediction per frame of `ds`, with its pixel spacing or ultrasound region.
         `heads`: the heads to run (default: all the bundle has)."""
+        return self.predict_datasets([ds], heads)[0]
+
+    def predict_datasets(self, datasets: Sequence[pydicom.Dataset],
+                         heads: Sequence[str] | None = None) -> list[list[Prediction]]:
+        """predict_dicom for several datasets, their frames batched together (`batch_size`
+        per forward pass): one list of Predictions per dataset."""
         started = time.perf_counter()
+        inputs: list[_Input] = []
+        counts = []
+        for ds in datasets:
+            frames = self._inputs(ds)
+            inputs += frames
+            counts.append(len(frames))
+        predictions = self._run(inputs, heads, decoding_s=time.perf_counter() - started)
+        ends = list(itertools.accumulate(counts))
+        return [predictions[end - n:end] for n, end in zip(counts, ends, strict=True)]
+
+    def _inputs(self, ds: pydicom.Dataset) -> list[_Input]:
+        """The frames of `ds`, decoded, with the calibration of the bundle's modality."""
         notes: list[str] = []
         spacing: Spacing = None
         region = None
@@ -136,10 +155,7 @@ class Predictor:
             region = regions[0] if regions else None
             if len(regions) > 1:
                 notes.append(f"{len(regions)} spectral regions: the first one was measured")
-        frames = read_frames(ds)
-        decoding = time.perf_counter() - started
-        return self._run([_Input(f, spacing, region, list(notes)) for f in frames],
-                         heads, decoding_s=decoding)
+        return [_Input(f, spacing, region, list(notes)) for f in read_frames(ds)]
 
     def predict_array(self, image: np.ndarray, *, pixel_spacing: Spacing = None,
                       region: SpectralRegion | None = None,

@@ -115,6 +115,28 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
     written: list[Path] = []
     skipped: list[str] = []
     seconds = dict.fromkeys(STAGES[1:], 0.0)  # preprocess, inference, postprocess, writing
+    heads = heads_for(process, model.heads)
+    batch: list[tuple[Dataset, Dataset]] = []  # (image to build on, the instance it is of)
+
+    def run_batch() -> None:
+        """Images in batches (one encoder pass per image, every head), then their outputs:
+        a study of any size holds no more than a batch of decoded images at a time."""
+        predictions = model.predict_datasets([source for source, _ in batch], heads=heads)
+        for stage, spent in model.timings.items():
+            seconds[stage] += spent
+        t_write = time.perf_counter()
+        for (source, ds), [prediction] in zip(batch, predictions, strict=True):
+            journal.note(study_key, "findings", json.dumps(
+                {"sop_instance_uid": str(source.SOPInstanceUID), **prediction.to_json()}))
+            objects = outputs_for(source, prediction, process, name, version)
+            if source is not ds:
+                objects.insert(0, source)  # the frame image that SEG and SR reference
+            written.extend(write_output(o, folder) for o in objects)
+            log.info("study %s: %s %s, %d outputs", study_key, process.pipeline,
+                     prediction.label, len(objects))
+        seconds["writing"] += time.perf_counter() - t_write
+        batch.clear()
+
     for instance in journal.instances(study_key):
         t_read = time.perf_counter()
         ds = pydicom.dcmread(instance.path)
@@ -123,21 +145,12 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
         seconds["preprocess"] += time.perf_counter() - t_read
         if why is not None:
             skipped.append(f"{instance.sop_instance_uid}: {why}")
-            continue
         for source in frames:
-            prediction = model.predict_dicom(source, heads=heads_for(process, model.heads))[0]
-            for stage, spent in model.timings.items():
-                seconds[stage] += spent
-            t_write = time.perf_counter()
-            journal.note(study_key, "findings", json.dumps(
-                {"sop_instance_uid": str(source.SOPInstanceUID), **prediction.to_json()}))
-            objects = outputs_for(source, prediction, process, name, version)
-            if source is not ds:
-                objects.insert(0, source)  # the frame image that SEG and SR reference
-            written += [write_output(o, folder) for o in objects]
-            seconds["writing"] += time.perf_counter() - t_write
-            log.info("study %s: %s %s, %d outputs", study_key, process.pipeline,
-                     prediction.label, len(objects))
+            batch.append((source, ds))
+            if len(batch) == model.batch_size:
+                run_batch()
+    if batch:
+        run_batch()
     if skipped:
         journal.note(study_key, "skipped images", "; ".join(skipped))
     if not written:

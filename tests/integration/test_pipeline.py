@@ -113,3 +113,27 @@ def test_the_same_study_twice_adds_nothing_and_our_outputs_are_not_processed(
     assert all(r.ok for r in send_files("127.0.0.1", node.port, outputs, called_ae="UMSREP"))
     studies = wait_until(lambda: settled(node, 3), timeout=60)
     assert studies[-1].state == "ignored" and "our own outputs" in (studies[-1].reason or "")
+
+
+def test_the_images_of_a_study_go_through_the_encoder_in_batches(node: Node,
+                                                                tmp_path: Path) -> None:
+    from workers.pipeline import predictor
+
+    rule = node.config.routing.rules[0].process
+    assert rule is not None and rule.bundle is not None
+    model = predictor(rule.bundle)
+    batches: list[int] = []
+    hook = model.model.encoder.register_forward_hook(
+        lambda module, inputs, output: batches.append(int(inputs[0].shape[0])))
+    try:
+        files = samples.write_study(tmp_path / "cr", "cr", 8, count=6, rows=256, columns=256)
+        assert storescu(node.port, files).returncode == 0
+        [study] = wait_until(lambda: settled(node, 1), timeout=90)
+    finally:
+        hook.remove()
+    assert study.state == "done"
+    # Six images, batches of the predictor's size (4); the denoising tiles of a bundle that
+    # denoises on the source grid would come on top (this one denoises on the model grid).
+    assert batches == [4, 2]
+    findings = [e for e in node.journal.events(study.study_key) if e["state"] == "findings"]
+    assert len(findings) == 6
