@@ -47,7 +47,7 @@ DEFAULT = "default"
 @dataclass
 class Result:
     processes: int
-    threads: str  # OMP_NUM_THREADS of the worker processes, or "default" (torch's choice)
+    threads: str  # the workers' OMP_NUM_THREADS, or "default": theirs (cores / processes)
     windows: list[float] = field(default_factory=list)  # seconds for --count studies
     job_s: list[float] = field(default_factory=list)  # every measured job's own duration
 
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--columns", type=int, default=1760)
     parser.add_argument("--threads", default=DEFAULT,
                         help="OMP_NUM_THREADS values of the workers, comma-separated: "
-                        f"'{DEFAULT},1' compares torch's default with one thread ({DEFAULT})")
+                        f"'{DEFAULT},1' compares the workers' own share of the cores with one "
+                        f"thread ({DEFAULT})")
     parser.add_argument("--broker", default=None,
                         help="a Redis URL to use (default: a redis-server per run, free port)")
     parser.add_argument("--work", type=Path, default=None, help="parent of the work folder")
