@@ -74,7 +74,8 @@ def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEE
 
     `data_dir`: a real data set folder (umsrep_core.data.open_dataset) instead of phantoms;
     `size`: a fixed phantom size instead of realistic ones (tests); `records`: training runs
-    ({name, strategy, losses, seconds, steps, metrics}) for the loss plot and strategy table.
+    (record.json of umsrep_core.training.runs: name, strategy, steps, losses, tflop, seconds,
+    metrics, pretrain_tflop...) for the loss plot, the strategy plot and table.
     Returns the report's JSON object.
     """
     predictor = Predictor(bundle, device=device)

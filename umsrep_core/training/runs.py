@@ -12,8 +12,9 @@
 A run directory holds spec.json, checkpoint.pt (written every `save_every` steps, on Ctrl-C and
 at the end: model, optimiser, schedule, phantom pool and random states, so a resumed run takes
 exactly the steps an uninterrupted one would) and, once finished, record.json: the losses, the
-training compute (seconds of optimisation, data generation excluded: every run needs the same
-phantoms) and the held-out validation metrics, which `umsrep model evaluate --runs` tabulates.
+training compute (floating-point operations as torch counts them, which no other load on
+the machine changes, and seconds of optimisation, data generation excluded: every run needs the
+same phantoms) and the held-out validation metrics, which `umsrep model evaluate --runs` tabulates.
 """
 
 from __future__ import annotations
