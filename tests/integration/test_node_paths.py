@@ -125,7 +125,7 @@ def test_json_logs_one_object_per_line(tmp_path: Path, study_files: Any) -> None
         assert storescu(port, study_files("cr")).returncode == 0
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=90)  # the node finishes its running job first
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])
     assert any(line["msg"].startswith("association released") for line in lines)
@@ -171,7 +171,7 @@ def test_no_config_runs_on_the_packaged_defaults_with_overrides(tmp_path: Path,
         assert storescu(port, study_files("cr"), aec="UMSREP").returncode != 0
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=90)  # the node finishes its running job first
     assert f"listening on 127.0.0.1:{port} as OTHERAE" in err
     assert (data_dir / "journal.db").exists() and not (tmp_path / "umsrep-data").exists()
 
