@@ -21,6 +21,7 @@ from umsrep_core.training.runs import (
     RunSpec,
     TrainingError,
     export,
+    gates_met,
     load_record,
     run_model,
     train,
@@ -192,3 +193,9 @@ def test_compare_trains_every_strategy_and_tabulates_compute(tmp_path: Path) -> 
     mtimes = {n: (tmp_path / n / "record.json").stat().st_mtime for n in names}
     compare("echo_doppler", tmp_path, steps=3, n=2, progress=False, **TINY)  # resumes: no-op
     assert mtimes == {n: (tmp_path / n / "record.json").stat().st_mtime for n in names}
+
+
+def test_the_gates_are_the_issue_s_per_modality() -> None:
+    assert gates_met("echo_doppler", {"dice.envelope": 0.92, "auc": 1.0, "psnr_gain_db": 9.0})
+    assert not gates_met("cxr", {"dice.heart": 0.92, "auc": 1.0})
+    assert not gates_met("echo_doppler", {"psnr_gain_db": 5.9})
