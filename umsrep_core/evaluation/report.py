@@ -40,7 +40,7 @@ from umsrep_core.imaging.us import region_to_dicom
 from umsrep_core.inference import Prediction, Predictor
 from umsrep_core.models.bundle import Bundle
 
-__all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "overlay", "verdict"]
+__all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "gate_passed", "overlay", "verdict"]
 
 HELD_OUT_SEED = 1_000_000
 # metric key -> (comparison, threshold), from issue 4 "Quality to reach".
@@ -255,6 +255,11 @@ def _case_row(case: _Case) -> dict[str, Any]:
             "measured": {k: p.measurements.get(k) for k in case.truth}}
 
 
+def gate_passed(op: str, threshold: float, value: float) -> bool:
+    """Whether `value` reaches a gate: op ">=" (at least) or "<=" (at most) `threshold`."""
+    return value >= threshold if op == ">=" else value <= threshold
+
+
 def _gates(metrics: dict[str, Any], modality: str, *, real: bool) -> list[dict[str, Any]]:
     """Each gate with passed True, False, or None (n/a: real data without that ground truth)."""
     gates = []
@@ -262,8 +267,8 @@ def _gates(metrics: dict[str, Any], modality: str, *, real: bool) -> list[dict[s
         group, name = ("dice", key.split(".")[1]) if "." in key else (None, key)
         scores = metrics["dice"] if group else metrics
         value = scores.get(name)
-        passed: bool | None = value is not None and not math.isnan(value) and (
-            value >= threshold if op == ">=" else value <= threshold)
+        passed: bool | None = value is not None and not math.isnan(value) and gate_passed(
+            op, threshold, value)
         if real and name not in scores:
             passed = None
         gates.append({"metric": key, "value": value, "op": op, "threshold": threshold,

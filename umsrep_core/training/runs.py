@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from umsrep_core.errors import UmsrepError
 from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
-from umsrep_core.evaluation.report import GATES as QUALITY_GATES  # scored here on the model grid
+from umsrep_core.evaluation.report import GATES as QUALITY_GATES  # scored on the model grid
+from umsrep_core.evaluation.report import gate_passed
 from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
 from umsrep_core.training.data import (
     DENOISE_GRID,
@@ -247,8 +248,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
 def gates_met(modality: str, metrics: dict[str, Any]) -> bool:
     """Whether every metric that has a gate of the modality (issue 4's) reaches it."""
     gates = QUALITY_GATES[modality]
-    return all(value >= gates[key][1] if gates[key][0] == ">=" else value <= gates[key][1]
-               for key, value in metrics.items() if key in gates)
+    return all(gate_passed(*gates[key], value) for key, value in metrics.items() if key in gates)
 
 
 def validate(model: UMSRep, spec: RunSpec, *, n: int = 64, device: torch.device | str = "cpu"
