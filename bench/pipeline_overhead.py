@@ -24,7 +24,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from _harness import ROOT
 from pydicom.dataset import Dataset
 
 from pacs_node.config import Process
-from umsrep_core.benchmark import bench
+from umsrep_core.benchmark import bench, time_call
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.pixels import read_frames
 from umsrep_core.inference import Predictor
@@ -55,19 +54,6 @@ def sample(rows: int, columns: int) -> Dataset:
     with tempfile.TemporaryDirectory() as folder:
         [path] = samples.write_study(Path(folder), "cr", SEED, rows=rows, columns=columns)
         return pydicom.dcmread(path)
-
-
-def timed(run: Callable[[], object], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    run()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def contenders(model: Predictor, ds: Dataset, stages: list[dict[str, float]]
@@ -112,7 +98,7 @@ def interleaved(runs: dict[str, Callable[[], object]], device: torch.device, ite
     names = list(runs)
     for i in range(iterations):
         for name in names if i % 2 == 0 else names[::-1]:
-            times[name].append(timed(runs[name], device))
+            times[name].append(time_call(runs[name], device))
     return times
 
 

@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from umsrep_core.inference import default_device
+from umsrep_core.inference import default_device, synchronize
 from umsrep_core.models.bundle import Bundle
 from umsrep_core.models.umsrep import SingleTask, count_parameters
 
-__all__ = ["SPEEDUP_GOAL", "bench", "format_bench"]
+__all__ = ["SPEEDUP_GOAL", "bench", "format_bench", "time_call"]
 
 SPEEDUP_GOAL = 2.5  # issue 4: shared at least 2.5x faster per image
 MEMORY_GOAL = 0.5  # and at most half the peak memory
@@ -74,8 +74,8 @@ def bench(bundle: Bundle, *, device: str | None = None, iterations: int = 20, ba
             run_separate()
         times: dict[str, list[float]] = {"shared": [], "separate": []}
         for _ in range(iterations):
-            times["shared"].append(_seconds(run_shared, dev))
-            times["separate"].append(_seconds(run_separate, dev))
+            times["shared"].append(time_call(run_shared, dev))
+            times["separate"].append(time_call(run_separate, dev))
         peaks = {"shared": _activation_peak(run_shared, dev),
                  "separate": _activation_peak(run_separate, dev)}
         alone = [_activation_peak(functools.partial(m, x), dev) for m in separate]
@@ -128,17 +128,13 @@ def format_bench(result: dict[str, Any]) -> str:
     ])
 
 
-def _seconds(run: Callable[[], object], dev: torch.device) -> float:
-    _sync(dev)
+def time_call(run: Callable[[], object], dev: torch.device) -> float:
+    """Seconds of one call of `run`, the device's queued work included."""
+    synchronize(dev)
     start = time.perf_counter()
     run()
-    _sync(dev)
+    synchronize(dev)
     return time.perf_counter() - start
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 @contextlib.contextmanager
@@ -172,11 +168,11 @@ def _bytes(model: nn.Module) -> int:
 def _activation_peak(run: Callable[[], object], dev: torch.device) -> int:
     """Bytes allocated at the peak of one run beyond what was allocated before it."""
     if dev.type == "cuda":
-        _sync(dev)
+        synchronize(dev)
         before = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         run()
-        _sync(dev)
+        synchronize(dev)
         return int(torch.cuda.max_memory_allocated(dev) - before)
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415 - CPU only
 

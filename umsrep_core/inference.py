@@ -37,7 +37,7 @@ from umsrep_core.imaging.us import region_box, spectral_regions
 from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler
 from umsrep_core.models.bundle import Bundle
 
-__all__ = ["Prediction", "Predictor", "default_device", "read_image_file"]
+__all__ = ["Prediction", "Predictor", "default_device", "read_image_file", "synchronize"]
 
 Spacing = float | tuple[float, float] | None
 TILE_MARGIN = 16  # pixels of context around each denoising tile's kept centre
@@ -66,6 +66,12 @@ class Prediction:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def read_image_file(path: Path) -> np.ndarray:

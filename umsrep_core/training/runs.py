@@ -39,6 +39,7 @@ from umsrep_core.errors import UmsrepError
 from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
 from umsrep_core.evaluation.report import GATES as QUALITY_GATES  # scored on the model grid
 from umsrep_core.evaluation.report import gate_passed
+from umsrep_core.inference import default_device, synchronize
 from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
 from umsrep_core.training.data import (
     DENOISE_GRID,
@@ -169,7 +170,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
           stop_after: int | None = None) -> dict[str, Any] | None:
     """Run `spec` in directory `out`; returns its record, or None when `stop_after` steps (a
     test's interruption) ended it early with a checkpoint to resume from."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device or default_device())
     _claim(spec, out, resume)
     if resume and (out / RECORD).is_file():
         return load_record(out)
@@ -218,7 +219,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
             loss.backward()
             optimiser.step()
             schedule.step()
-            _sync(dev)
+            synchronize(dev)
             state["seconds"] += time.perf_counter() - started
             state["losses"].append(float(loss.item()))
             state["step"] = step + 1
@@ -373,11 +374,6 @@ def _step_function(spec: RunSpec, model: UMSRep, pretext: torch.Generator, dev: 
         return multitask_loss(model(on_device[0], heads=heads), on_device)
 
     return pretrain_step if spec.stage == "pretrain" else finetune_step
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def _save_checkpoint(out: Path, state: dict[str, Any]) -> None:
