@@ -51,25 +51,28 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
         return p
 
-    def training(p: argparse.ArgumentParser, steps: int) -> None:
+    def training(p: argparse.ArgumentParser, steps: int, out: str) -> None:
         p.add_argument("--modality", required=True, choices=MODALITIES)
-        p.add_argument("--out", type=Path, required=True, help="the run directory")
+        p.add_argument("--out", type=Path, required=True, help=out)
         p.add_argument("--steps", type=int, default=steps, help=f"default {steps}")
         p.add_argument("--batch", type=int, default=16)
         p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
         p.add_argument("--width", type=int, help="encoder width (default 16; wider on a GPU)")
+
+    def run(p: argparse.ArgumentParser) -> None:
+        training(p, 800, "the run directory")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint")
 
     p = action("pretrain", train_cmd, "stage 1: learn the representation without labels "
                "(reconstruct corrupted phantom images)", bundle=False)
-    training(p, 800)
+    run(p)
     p.set_defaults(stage="pretrain")
 
     p = action("finetune", train_cmd, "stage 2: train task heads on a pretrained encoder "
                "(or, without --init, a model from scratch)", bundle=False)
-    training(p, 800)
+    run(p)
     p.set_defaults(stage="finetune")
     p.add_argument("--init", type=Path, help="a pretrain run directory")
     p.add_argument("--strategy", choices=STRATEGIES, default="full",
@@ -81,14 +84,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
     p = action("compare", compare_cmd, "the fine-tuning strategies against separate "
                "single-task models: train every run, report metrics and compute", bundle=False)
-    p.add_argument("--modality", required=True, choices=MODALITIES)
-    p.add_argument("--out", type=Path, required=True, help="a directory for the runs and "
-                   "the report (rerun the command to resume)")
-    p.add_argument("--steps", type=int, default=400, help="steps per fine-tuning run")
+    training(p, 400, "a directory for the runs and the report (rerun the command to resume)")
     p.add_argument("--pretrain-steps", type=int, help="default: --steps")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
-    p.add_argument("--width", type=int, help="encoder width (default 16; wider on a GPU)")
     p.add_argument("--n", type=int, default=20, help="evaluation cases (default 20)")
 
     p = action("export", export_cmd, "package a finished fine-tuning run as a bundle",
