@@ -36,7 +36,11 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGHUP, reload)
     node.start()  # after the handlers: a signal at any time after listening is handled
-    stopped.wait()
+    # Python runs signal handlers in the main thread only, and the kernel may hand SIGTERM to
+    # any thread (torch's among them): a main thread blocked in an untimed wait would never
+    # wake to run the handler. Waking each second lets it.
+    while not stopped.wait(1.0):
+        pass
     log.info("stopping")
     node.stop()
     return 0
