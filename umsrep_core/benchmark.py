@@ -6,6 +6,9 @@ per image is the median over iterations divided by the batch. The separate model
 `SingleTask` models of the bundle's own configuration, one per head of the bundle, randomly
 initialised: a convolution costs the same whatever its weights, so timing needs no training.
 
+Both sides are served as the pipeline serves a bundle (`for_inference`: batch norms folded into
+their convolutions, channels-last memory).
+
 Peak memory is the memory a deployment holds: the weights of every model it keeps loaded (one
 shared model, or all the separate ones) plus the peak of activation memory during one image's
 inference, measured
@@ -37,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from umsrep_core.inference import default_device, synchronize
 from umsrep_core.models.bundle import Bundle
-from umsrep_core.models.umsrep import SingleTask, count_parameters
+from umsrep_core.models.umsrep import SingleTask, count_parameters, for_inference
 
 __all__ = ["SPEEDUP_GOAL", "bench", "format_bench", "time_call"]
 
@@ -56,8 +59,9 @@ def bench(bundle: Bundle, *, device: str | None = None, iterations: int = 20, ba
         raise ValueError("iterations and batch must be at least 1")
     dev = torch.device(device or default_device())
     config = bundle.config
-    shared = bundle.model.to(dev).eval()
-    separate = [SingleTask(config, head).to(dev).eval() for head in shared.tasks]
+    # Both sides served alike: norms folded, channels-last (for_inference).
+    shared = for_inference(bundle.model, dev)
+    separate = [for_inference(SingleTask(config, head), dev) for head in shared.tasks]
     x = torch.rand(batch, config.in_channels, config.input_size, config.input_size,
                    device=dev)
 

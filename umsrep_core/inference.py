@@ -36,6 +36,7 @@ from umsrep_core.imaging.regions import SpectralRegion
 from umsrep_core.imaging.us import region_box, spectral_regions
 from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler
 from umsrep_core.models.bundle import Bundle
+from umsrep_core.models.umsrep import for_inference
 
 __all__ = ["Prediction", "Predictor", "default_device", "read_image_file", "synchronize"]
 
@@ -108,7 +109,7 @@ class Predictor:
     def __init__(self, bundle: Bundle, device: str | None = None, batch_size: int = 4) -> None:
         self.bundle = bundle  # its manifest names the model and version in outputs
         self.device = torch.device(device or default_device())
-        self.model = bundle.model.to(self.device).eval()
+        self.model = for_inference(bundle.model, self.device)
         self.modality = bundle.modality
         self.heads = self.model.tasks
         self.denoise_grid = str(bundle.manifest.get("denoise_grid", "model"))

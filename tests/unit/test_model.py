@@ -15,6 +15,7 @@ from umsrep_core.models import (
     SingleTask,
     UMSRep,
     count_parameters,
+    for_inference,
     set_trainable,
 )
 
@@ -48,6 +49,21 @@ def test_default_model_is_small_enough_for_a_cpu() -> None:
     # the shared part must be the costly part: each decoder a fraction of the encoder
     encoder = count_parameters(model.encoder)
     assert all(count_parameters(head) < encoder / 5 for head in model.heads.values())
+
+
+def test_served_model_folds_its_norms_and_keeps_its_outputs() -> None:
+    model = UMSRep(TINY)
+    for _ in range(3):  # running statistics away from their initial 0 and 1
+        model(torch.rand(4, 1, 32, 32) * 3)
+    model.eval()
+    served = for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in served.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # a copy: untouched
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        expected, got = model(x), served(x)
+    for head in HEADS:
+        torch.testing.assert_close(got[head], expected[head], rtol=1e-4, atol=1e-4)
 
 
 def test_encoder_runs_once_for_all_heads() -> None:

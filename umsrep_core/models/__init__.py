@@ -18,6 +18,7 @@ from umsrep_core.models.umsrep import (
     UMSRep,
     UNetDecoder,
     count_parameters,
+    for_inference,
     set_trainable,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "UNetDecoder",
     "available_bundles",
     "count_parameters",
+    "for_inference",
     "load_bundle",
     "save_bundle",
     "set_trainable",
