@@ -252,7 +252,9 @@ def for_inference(model: UMSRep, device: torch.device | str = "cpu") -> UMSRep:
                 module[0], nn.Conv2d) and isinstance(module[1], nn.BatchNorm2d):
             module[0] = fuse_conv_bn_eval(module[0], module[1])
             module[1] = nn.Identity()
-    return served.to(device=device, memory_format=torch.channels_last)
+    served.to(device)
+    served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # untyped
+    return served
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
