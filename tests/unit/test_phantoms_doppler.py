@@ -138,6 +138,10 @@ def test_image_is_the_clean_one_with_speckle(strips: list[DopplerPhantom]) -> No
         noisy, clean = p.image[inner] / 255.0, p.clean[inner]
         assert np.abs(noisy - clean).mean() > 0.03
         assert np.corrcoef(noisy.ravel(), clean.ravel())[0, 1] > 0.5
+        # speckle where the phantom says, and nowhere else (8-bit quantisation aside)
+        assert p.speckle[inner].mean() > 0.9 and 0.45 <= p.speckle_strength <= 0.9
+        outside = ~p.speckle
+        assert np.abs(p.image[outside] / 255.0 - p.clean[outside]).max() <= 0.5 / 255 + 1e-6
 
 
 def test_add_speckle_keeps_the_mean_and_its_strength_orders_the_noise() -> None:

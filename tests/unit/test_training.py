@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from umsrep_core.evaluation.report import joint_to_gates
+from umsrep_core.imaging.geometry import Letterbox
+from umsrep_core.imaging.us import region_box
 from umsrep_core.inference import Predictor
 from umsrep_core.models.bundle import load_bundle
-from umsrep_core.models.umsrep import UMSRep
+from umsrep_core.models.umsrep import HEADS, UMSRep
 from umsrep_core.training.compare import compare
 from umsrep_core.training.data import LABELS, PhantomPool, corrupt, phantom_arrays
 from umsrep_core.training.losses import multitask_loss
@@ -53,6 +56,20 @@ def test_phantom_arrays_match_the_model_input(modality: str) -> None:
     assert images.shape == clean.shape == (4, 1, 64, 64)
     assert masks.shape == (4, len(seg), 64, 64) and set(np.unique(masks)) <= {0.0, 1.0}
     assert images.min() >= 0 and images.max() <= 1 and labels.max() < len(classes)
+
+
+def test_half_the_doppler_strips_are_speckled_on_the_model_grid() -> None:
+    from umsrep_core.phantoms import make_doppler
+
+    images, clean, _, _ = phantom_arrays("echo_doppler", range(2), 64)
+    for seed in range(2):
+        p = make_doppler(seed)
+        crop = region_box(p.region) if p.region is not None else None
+        box = Letterbox.fit(p.image.shape, 64, crop=crop)
+        letterboxed = box.to_model(p.image.astype(np.float32) / 255)
+        # seed 0: the received strip letterboxed; seed 1: clean letterboxed, then speckled
+        assert np.array_equal(images[seed, 0], letterboxed) == (seed == 0)
+        assert np.abs(images[seed, 0] - clean[seed, 0]).mean() > 0.01
 
 
 def test_the_pool_renews_itself_with_unseen_phantoms() -> None:
@@ -101,15 +118,18 @@ def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> No
 def test_a_resumed_run_takes_the_steps_an_uninterrupted_one_takes(
         pretrained: Path, tmp_path: Path, schedule: str, stop: int) -> None:
     spec = tiny(init=str(pretrained), strategy="partial", schedule=schedule)
-    whole = train(spec, tmp_path / "whole", progress=False, val=4)
-    assert train(spec, tmp_path / "cut", progress=False, val=4, stop_after=stop) is None
+    whole = train(spec, tmp_path / "whole", progress=False, val=4, val_every=2)
+    assert train(spec, tmp_path / "cut", progress=False, val=4, val_every=2,
+                 stop_after=stop) is None
     with pytest.raises(TrainingError, match="--resume"):
         train(spec, tmp_path / "cut", progress=False)
     with pytest.raises(TrainingError, match="different run"):
         train(tiny(init=str(pretrained), steps=7), tmp_path / "cut", resume=True)
-    resumed = train(spec, tmp_path / "cut", progress=False, val=4, resume=True)
+    resumed = train(spec, tmp_path / "cut", progress=False, val=4, val_every=2, resume=True)
     assert whole is not None and resumed is not None
     assert resumed["losses"] == whole["losses"] and resumed["metrics"] == whole["metrics"]
+    assert [v["step"] for v in resumed["validations"]] == [2, 4, 6]
+    assert resumed["validations"] == whole["validations"]
     a, b = (weights(run_model(tmp_path / d)[0]) for d in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -193,6 +213,37 @@ def test_compare_trains_every_strategy_and_tabulates_compute(tmp_path: Path) -> 
     mtimes = {n: (tmp_path / n / "record.json").stat().st_mtime for n in names}
     compare("echo_doppler", tmp_path, steps=3, n=2, progress=False, **TINY)  # resumes: no-op
     assert mtimes == {n: (tmp_path / n / "record.json").stat().st_mtime for n in names}
+
+
+def test_the_compute_to_reach_the_gates_is_the_first_validation_that_meets_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from umsrep_core.training import runs
+
+    spec = tiny(heads=("segment",))
+    never = train(spec, tmp_path / "never", progress=False, val=4, val_every=2)
+    assert never is not None and never["gates_step"] is None and never["tflop_to_gates"] is None
+    monkeypatch.setitem(runs.QUALITY_GATES, "cxr", {"dice.heart": (">=", 0.0)})
+    met = train(spec, tmp_path / "met", progress=False, val=4, val_every=2)
+    assert met is not None and met["gates_step"] == 2
+    assert met["tflop_to_gates"] == pytest.approx(met["tflop"] * 2 / 6)
+
+
+def test_joint_training_is_compared_with_the_separate_models_to_the_same_gates() -> None:
+    def record(name: str, strategy: str, to_gates: float | None, pretrain: float = 0.0
+               ) -> dict[str, Any]:
+        return {"name": name, "strategy": strategy, "tflop_to_gates": to_gates,
+                "pretrain_tflop": pretrain, "metrics": {}}
+
+    separate = [record(f"separate-{h}", f"separate {h}", 4.0) for h in HEADS]
+    runs = [record("pretrain", "pretrain (unsupervised)", 1.0),
+            record("frozen-joint", "frozen joint", 2.0, pretrain=3.0),
+            record("scratch-joint", "scratch joint", 4.5),
+            record("full-sequential", "full sequential", None), *separate]
+    best = joint_to_gates(runs)
+    assert best is not None and best["run"] == "scratch-joint"
+    assert best["ratio"] == pytest.approx(4.5 / 12)
+    assert joint_to_gates([*runs[:-1], record("separate-classify", "separate classify",
+                                              None)]) is None
 
 
 def test_the_gates_are_the_issue_s_per_modality() -> None:

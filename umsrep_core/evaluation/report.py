@@ -40,7 +40,8 @@ from umsrep_core.imaging.us import region_to_dicom
 from umsrep_core.inference import Prediction, Predictor
 from umsrep_core.models.bundle import Bundle
 
-__all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "gate_passed", "overlay", "verdict"]
+__all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "gate_passed", "joint_to_gates", "overlay",
+           "verdict"]
 
 HELD_OUT_SEED = 1_000_000
 # metric key -> (comparison, threshold), from issue 4 "Quality to reach".
@@ -98,6 +99,7 @@ def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEE
         "n": len(cases), "clinical_use": bundle.manifest["clinical_use"], "metrics": metrics,
         "gates": gates, "passed": all(g["passed"] is not False for g in gates), "plots": plots,
         "records": [_record_summary(r) for r in records or []],
+        "joint_to_gates": joint_to_gates([_record_summary(r) for r in records or []]),
         "cases": [_case_row(c) for c in cases]}
     report = _finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -354,7 +356,7 @@ def _record_summary(record: dict[str, Any]) -> dict[str, Any]:
     """A training record without its loss history (plotted, too long for the table)."""
     losses = record.get("losses") or []
     keys = ("name", "strategy", "steps", "seconds", "tflop", "pretrain_seconds",
-            "pretrain_tflop")
+            "pretrain_tflop", "gates_step", "tflop_to_gates")
     return {**{k: record.get(k) for k in keys}, "final_loss": losses[-1] if losses else None,
             "metrics": dict(record.get("metrics") or {})}
 
@@ -367,8 +369,40 @@ def _compute(record: dict[str, Any], unit: str) -> float | None:
 
 def _separate_total(records: Sequence[dict[str, Any]], unit: str) -> float:
     """What the separate single-task models (strategy "separate ...") cost together."""
-    return sum(_compute(r, unit) or 0 for r in records
-               if str(r["strategy"]).lower().startswith("separate"))
+    return sum(_compute(r, unit) or 0 for r in records if _is_separate(r))
+
+
+def _is_separate(record: dict[str, Any]) -> bool:
+    return str(record["strategy"]).lower().startswith("separate")
+
+
+def _to_gates(record: dict[str, Any]) -> float | None:
+    """TFLOP a run took to first meet every gate of its heads, its pretraining included;
+    None when it never did."""
+    own = record.get("tflop_to_gates")
+    return None if own is None else own + (record.get("pretrain_tflop") or 0)
+
+
+def _separate_to_gates(records: Sequence[dict[str, Any]]) -> float | None:
+    """TFLOP the separate models took, together, to meet their gates (None unless all did)."""
+    separate = [_to_gates(r) for r in records if _is_separate(r)]
+    if not separate or any(t is None for t in separate):
+        return None
+    return sum(t for t in separate if t is not None)
+
+
+def joint_to_gates(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The multi-task run that met every gate with the least compute, and that compute against
+    the separate models' (issue 4: at most half); None when either side never met them."""
+    separate = _separate_to_gates(records)
+    joint = [(t, r) for r in records if not _is_separate(r)
+             and not str(r["strategy"]).startswith("pretrain")
+             and (t := _to_gates(r)) is not None]
+    if separate is None or not joint:
+        return None
+    tflop, best = min(joint, key=lambda pair: pair[0])
+    return {"run": best["name"], "strategy": best["strategy"], "tflop": tflop,
+            "separate_tflop": separate, "ratio": tflop / separate}
 
 
 def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
@@ -384,6 +418,9 @@ def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
     pre = [(r["pretrain_tflop"] or 0) / separate for r in runs]
     left.barh(y, own, label="fine-tuning / training")
     left.barh(y, pre, left=own, label="pretraining (shared)")
+    to_gates = [np.nan if (t := _to_gates(r)) is None else t / separate for r in runs]
+    left.plot(to_gates, y, "k|", markersize=14, markeredgewidth=2,
+              label="every gate first met")
     left.axvline(0.5, color="k", linestyle=":", linewidth=0.8)
     left.set(yticks=y, yticklabels=[r["strategy"] for r in runs], xlabel="training compute "
              "(FLOP) / the three separate models'", title="compute")
@@ -443,20 +480,32 @@ def _records_table(records: list[dict[str, Any]]) -> list[str]:
     """Fine-tuning strategies and separate models side by side, with their training compute
     (pretraining included) relative to the separate models' total."""
     separate = {u: _separate_total(records, u) for u in ("tflop", "seconds")}
+    separate_to_gates = _separate_to_gates(records)
+    best = joint_to_gates(records)
     lines = ["", "## Training strategies", "",
              "Compute includes the shared pretraining run where there is one; validation "
-             "on held-out phantoms at the model's input size.", "",
-             "| run | strategy | steps | TFLOP | vs separate | seconds | vs separate | "
-             "gates met | metrics |", "|---|---|---|---|---|---|---|---|---|"]
+             "on held-out phantoms at the model's input size, every few steps: *to gates* is "
+             "the compute until the first validation that met every gate of the run's heads.",
+             "", "Joint multi-task training against the three separate models, to the same "
+             "gates (goal: at most half): " + (
+                 f"**{best['ratio']:.2f}** ({best['run']}, {best['tflop']:.4g} TFLOP against "
+                 f"{best['separate_tflop']:.4g})" if best else
+                 "not measured: a multi-task run or a separate model never met its gates."),
+             "", "| run | strategy | steps | TFLOP | vs separate | seconds | vs separate | "
+             "to gates (step) | to gates TFLOP | vs separate | metrics |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         cells = []
         for unit in ("tflop", "seconds"):
             value = _compute(r, unit)
             cells += [_fmt(value), _fmt(value / separate[unit])
                       if separate[unit] and value is not None else "n/a"]
+        to_gates = _to_gates(r)
+        cells += [_fmt(r.get("gates_step")) if to_gates is not None else "never",
+                  _fmt(to_gates), _fmt(to_gates / separate_to_gates)
+                  if to_gates is not None and separate_to_gates else "n/a"]
         scores = ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()
                            if k != "gates_met")
-        met = r["metrics"].get("gates_met")
         lines.append(f"| {r['name']} | {r['strategy']} | {_fmt(r['steps'])} | "
-                     f"{' | '.join(cells)} | {'n/a' if met is None else met} | {scores} |")
+                     f"{' | '.join(cells)} | {scores} |")
     return lines

@@ -50,6 +50,8 @@ class DopplerPhantom:
     vti_cm: float | None
     aliased: bool
     clean: Array  # float32 [0, 1], the image before speckle and quantisation
+    speckle: Array  # bool H x W, where speckle was added (add_speckle(clean, rng, strength))
+    speckle_strength: float
 
 
 def add_speckle(clean: Array, rng: np.random.Generator, strength: float) -> Array:
@@ -296,20 +298,22 @@ def make_doppler(seed: int, *, kind: str | None = None, height: int = 256, width
     _draw_ecg(overlay, lay, timing.t, timing.r_times, value=float(rng.uniform(0.75, 0.95)))
     transparent = np.isnan(overlay)
     clean = np.where(transparent, layer, overlay).astype(F32)
-    strength = rng.uniform(0.7, 1.0) if strip is None else rng.uniform(0.45, 0.9)
+    strength = float(rng.uniform(0.7, 1.0) if strip is None else rng.uniform(0.45, 0.9))
     speckled = np.where(support, add_speckle(layer, rng, strength), layer)  # margins stay black
     noisy = np.where(transparent, speckled, overlay)
     image = np.rint(noisy * 255).astype(np.uint8)
+    speckle = support & transparent
     if strip is None:
         return DopplerPhantom(image=image, envelope=envelope, kind=kind, region=None,
                               peak_velocity_cm_s=None, e_cm_s=None, a_cm_s=None,
-                              e_a_ratio=None, vti_cm=None, aliased=False, clean=clean)
+                              e_a_ratio=None, vti_cm=None, aliased=False, clean=clean,
+                              speckle=speckle, speckle_strength=strength)
     exact = measure_trace(strip.trace, strip.region.delta_x, kind)
     return DopplerPhantom(
         image=image, envelope=envelope, kind=kind, region=strip.region,
         peak_velocity_cm_s=exact.peak_velocity_cm_s, e_cm_s=exact.e_cm_s, a_cm_s=exact.a_cm_s,
         e_a_ratio=exact.e_a_ratio, vti_cm=measure_doppler(envelope, strip.region, kind).vti_cm,
-        aliased=strip.aliased, clean=clean)
+        aliased=strip.aliased, clean=clean, speckle=speckle, speckle_strength=strength)
 
 
 def doppler_batch(seeds: Sequence[int], height: int = 256, width: int = 512) -> dict[str, Array]:

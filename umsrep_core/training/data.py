@@ -1,7 +1,8 @@
 """Training data: phantoms prepared as the Predictor sees them, in a pool renewed as it trains.
 
 Chest images are rendered at the model size; Doppler strips are cropped to their spectral region
-and letterboxed, as `Predictor` does with a received image. Generating a phantom costs more than
+and letterboxed, as `Predictor` does with a received image, and half of them are speckled after
+that, on the model grid (see DENOISE_GRID). Generating a phantom costs more than
 a training step, so a pool of them is renewed a little at every step. The pool and its random
 generator are part of a checkpoint: a resumed run sees the batches an uninterrupted one would.
 """
@@ -17,7 +18,7 @@ import torch
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.us import region_box
 from umsrep_core.phantoms.chest import chest_batch
-from umsrep_core.phantoms.doppler import DOPPLER_TYPES, make_doppler
+from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
 
 __all__ = ["DENOISE_GRID", "LABELS", "Batch", "PhantomPool", "corrupt", "phantom_arrays"]
 
@@ -25,10 +26,12 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean,
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
           "echo_doppler": (["envelope"], list(DOPPLER_TYPES))}
-# The grid whose noise the denoising head learns (bundle manifest `denoise_grid`): chest
-# phantoms are drawn at the model size with the detector's per-pixel noise, as a radiograph's
-# own pixels carry it; Doppler strips are letterboxed, speckle and all.
-DENOISE_GRID = {"cxr": "source", "echo_doppler": "model"}
+# The grid the denoising head works on (bundle manifest `denoise_grid`): the image's own, in
+# tiles, so it learns noise as a source pixel carries it. Chest phantoms are drawn at the model
+# size with the detector's per-pixel noise. A letterboxed Doppler strip has its speckle
+# averaged by the downsizing, so half the strips (odd seeds) get their speckle on the model
+# grid instead; the other half keep what the whole-image pass of a received strip sees.
+DENOISE_GRID = {"cxr": "source", "echo_doppler": "source"}
 
 
 def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
@@ -37,8 +40,14 @@ def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
         p = make_doppler(seed)
         crop = region_box(p.region) if p.region is not None else None
         box = Letterbox.fit(p.image.shape, size, crop=crop)
-        images.append(box.to_model(p.image.astype(np.float32) / 255.0))  # as read_frames
-        clean.append(box.to_model(p.clean.astype(np.float32)))
+        clean_m = box.to_model(p.clean.astype(np.float32))
+        if seed % 2:
+            speckle = box.to_model(p.speckle.astype(np.float32)) > 0.5
+            noisy = add_speckle(clean_m, np.random.default_rng(seed), p.speckle_strength)
+            images.append(np.rint(np.where(speckle, noisy, clean_m) * 255) / 255)
+        else:
+            images.append(box.to_model(p.image.astype(np.float32) / 255.0))  # as read_frames
+        clean.append(clean_m)
         masks.append(box.to_model(p.envelope.astype(np.float32)) > 0.5)
         labels.append(DOPPLER_TYPES.index(p.kind))
     return (np.stack(images)[:, None], np.stack(clean)[:, None],

@@ -15,6 +15,8 @@ exactly the steps an uninterrupted one would) and, once finished, record.json: t
 training compute (floating-point operations as torch counts them, which no other load on
 the machine changes, and seconds of optimisation, data generation excluded: every run needs the
 same phantoms) and the held-out validation metrics, which `umsrep model evaluate --runs` tabulates.
+A run is validated every `val_every` steps as well: the first validation that meets every gate of
+its heads gives the compute it took to reach them (`gates_step`, `tflop_to_gates`).
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
 
 
 def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None = None,
-          progress: bool = True, save_every: int = 100, val: int = 64,
+          progress: bool = True, save_every: int = 100, val: int = 64, val_every: int = 100,
           stop_after: int | None = None) -> dict[str, Any] | None:
     """Run `spec` in directory `out`; returns its record, or None when `stop_after` steps (a
     test's interruption) ended it early with a checkpoint to resume from."""
@@ -187,13 +189,15 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     pretext = torch.Generator().manual_seed(spec.seed)
     phases = _phases(spec)
     saved = _load_checkpoint(out) if resume and (out / CHECKPOINT).is_file() else None
-    state: dict[str, Any] = {"step": 0, "losses": [], "seconds": 0.0}
+    state: dict[str, Any] = {"step": 0, "losses": [], "seconds": 0.0, "validations": []}
     if saved is not None:
         model.load_state_dict(saved["model"])
         pool.load_state_dict(saved["pool"])
         pretext.set_state(saved["pretext_rng"])
         torch.set_rng_state(saved["torch_rng"])
-        state = {k: saved[k] for k in ("step", "losses", "seconds")}
+        state = {k: saved[k] for k in state}
+    held_out = phantom_arrays(spec.modality, range(VALIDATION_SEED, VALIDATION_SEED + val),
+                              spec.image_size)
     start = state["step"]
     schedule = _schedule(optimiser, spec, phases, start, saved)
 
@@ -204,8 +208,22 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
             "pretext_rng": pretext.get_state(), "torch_rng": torch.get_rng_state()})
 
     step_fn = _step_function(spec, model, pretext, dev)
-    tflop = sum(_step_flops(model, spec, heads, dev) * (end - first) for first, end, heads in
-                _spans(spec, phases)) / 1e12
+    span_flops = [(first, end, _step_flops(model, spec, heads, dev))
+                  for first, end, heads in _spans(spec, phases)]
+
+    def tflop_until(step: int) -> float:
+        return sum(flops * (min(end, step) - first) for first, end, flops in span_flops
+                   if first < step) / 1e12
+
+    def validation() -> dict[str, Any]:
+        done = state["validations"]
+        if done and done[-1]["step"] == state["step"]:  # resumed after the last one
+            return dict(done[-1]["metrics"])
+        metrics = validate(model, spec, held_out, device=dev)
+        done.append({"step": state["step"], "metrics": metrics})
+        model.train()
+        return metrics
+
     bar = tqdm(range(state["step"], spec.steps), initial=state["step"], total=spec.steps,
                desc=f"{spec.stage} {spec.modality} {spec.label}", disable=not progress)
     try:
@@ -224,6 +242,8 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
             state["losses"].append(float(loss.item()))
             state["step"] = step + 1
             bar.set_postfix(loss=f"{state['losses'][-1]:.3f}")
+            if state["step"] % val_every == 0 and state["step"] < spec.steps:
+                validation()
             if state["step"] % save_every == 0:
                 checkpoint()
             if stop_after is not None and state["step"] >= stop_after:
@@ -232,13 +252,17 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     except KeyboardInterrupt:
         checkpoint()
         raise
+    metrics = validation()
     checkpoint()
     model.eval()
+    reached = next((v["step"] for v in state["validations"] if v["metrics"]["gates_met"]),
+                   None)
     record = {"name": out.name, "strategy": spec.label, "stage": spec.stage,
               "heads": list(spec.heads), "steps": state["step"], "batch": spec.batch,
-              "seconds": round(state["seconds"], 3), "tflop": tflop,
-              "device": str(dev),
-              "losses": state["losses"], "metrics": validate(model, spec, n=val, device=dev)}
+              "seconds": round(state["seconds"], 3), "tflop": tflop_until(spec.steps),
+              "device": str(dev), "losses": state["losses"], "metrics": metrics,
+              "validations": state["validations"], "gates_step": reached,
+              "tflop_to_gates": None if reached is None else tflop_until(reached)}
     if spec.init is not None:  # the representation's cost, shared by every fine-tuning of it
         init = load_record(Path(spec.init))
         record["pretrain_seconds"], record["pretrain_tflop"] = init["seconds"], init["tflop"]
@@ -252,13 +276,13 @@ def gates_met(modality: str, metrics: dict[str, Any]) -> bool:
     return all(gate_passed(*gates[key], value) for key, value in metrics.items() if key in gates)
 
 
-def validate(model: UMSRep, spec: RunSpec, *, n: int = 64, device: torch.device | str = "cpu"
-             ) -> dict[str, Any]:
-    """Held-out phantoms at the model size, scored per head the model has: Dice per label,
-    AUC, PSNR gain; `gates_met` says whether every gate of those heads is reached."""
-    images, clean, masks, labels = phantom_arrays(spec.modality,
-                                                  range(VALIDATION_SEED, VALIDATION_SEED + n),
-                                                  spec.image_size)
+def validate(model: UMSRep, spec: RunSpec, held_out: tuple[np.ndarray, ...], *,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The held-out phantoms (phantom_arrays at the model size) scored per head the model has:
+    Dice per label, AUC, PSNR gain; `gates_met` says whether every gate of those heads is
+    reached."""
+    images, clean, masks, labels = held_out
+    n = len(images)
     with torch.inference_mode():
         out = {k: v.float().cpu().numpy() for k, v in
                model.eval()(torch.from_numpy(images).to(device)).items()}
