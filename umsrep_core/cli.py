@@ -87,6 +87,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     training(p, 400, "a directory for the runs and the report (rerun the command to resume)")
     p.add_argument("--pretrain-steps", type=int, help="default: --steps")
     p.add_argument("--n", type=int, default=20, help="evaluation cases (default 20)")
+    p.add_argument("--runs", dest="only", type=lambda text: text.split(","),
+                   help="comma-separated runs of the grid to train (default all): "
+                        "pretrain, frozen-joint... scratch-joint, separate-denoise...")
 
     p = action("export", export_cmd, "package a finished fine-tuning run as a bundle",
                bundle=False)
@@ -143,9 +146,14 @@ def compare_cmd(args: argparse.Namespace) -> int:
 
     report = compare(args.modality, args.out, steps=args.steps,
                      pretrain_steps=args.pretrain_steps, n=args.n, device=args.device,
-                     batch=args.batch, image_size=args.size, model=_model(args))
+                     only=args.only, batch=args.batch, image_size=args.size,
+                     model=_model(args))
     for record in report["records"]:
         print(_run_line(record))
+    best = report["joint_to_gates"]
+    print("joint against separate, to the same gates: " + (
+        f"{best['ratio']:.2f} of the separate models' compute ({best['run']}; goal <= 0.5)"
+        if best else "not measured: a multi-task run or a separate model never met its gates"))
     print(f"report in {args.out / 'report' / 'report.md'}")
     return 0
 
@@ -166,8 +174,10 @@ def _model(args: argparse.Namespace) -> dict[str, int]:
 
 def _run_line(record: dict[str, Any]) -> str:
     scores = ", ".join(f"{k} {_short(v)}" for k, v in record["metrics"].items())
+    step = record.get("gates_step")
+    reached = "gates never met" if step is None else f"gates met at step {step}"
     return (f"{record['name']}: {record['strategy']}, {record['steps']} steps, "
-            f"{record['seconds']:.1f} s: {scores}")
+            f"{record['seconds']:.1f} s, {reached}: {scores}")
 
 
 def predict_cmd(args: argparse.Namespace) -> int:

@@ -182,11 +182,19 @@ def test_pretrain_finetune_export_and_evaluate_with_runs(tmp_path: Path,
 
 
 def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run("compare", "--modality", "echo_doppler", "--out", str(tmp_path), "--steps", "2",
-               "--batch", "2", "--size", "64", "--width", "4", "--n", "1") == 0
+    tiny = ("--steps", "2", "--batch", "2", "--size", "64", "--width", "4", "--n", "1")
+    assert run("compare", "--modality", "echo_doppler", "--out", str(tmp_path), *tiny,
+               "--runs", "frozen-joint,scratch-joint,separate-classify") == 0
     out = capsys.readouterr().out
     assert "separate-classify: separate classify, 2 steps" in out
-    assert (tmp_path / "report" / "report.md").is_file()
+    assert "joint against separate, to the same gates: not measured" in out  # 2 steps: never
+    # the pretraining came along for frozen-joint; nothing else of the grid ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bundle", "frozen-joint", "pretrain", "report", "scratch-joint", "separate-classify"]
+    assert "scratch-joint" in (tmp_path / "bundle" / "manifest.json").read_text()
+    with pytest.raises(TrainingError, match="no run separate-measure in the grid"):
+        run("compare", "--modality", "cxr", "--out", str(tmp_path / "x"), *tiny,
+            "--runs", "separate-measure")
 
 
 def test_a_finetune_without_init_cannot_keep_a_frozen_encoder(tmp_path: Path) -> None:
