@@ -7,10 +7,10 @@ inverse of the letterbox, so that measurements use the source calibration (pixel
 ultrasound region) unchanged. `umsrep model predict` and the workers both call this module.
 
 Denoising restores pixels, so it works on the grid whose noise the bundle learned
-(manifest `denoise_grid`): "model", the letterboxed image of that one pass (Doppler strips,
-letterboxed in training too); or "source", the image's own pixels, in overlapping tiles of the
-input size (chest radiographs: their phantoms carry the detector's per-pixel noise, which a
-16-fold downscale to the model grid averages away, and an upscale back cannot restore). The
+(manifest `denoise_grid`): "model", the letterboxed image of that one pass; or "source", the
+image's own pixels, in overlapping tiles of the input size (both packaged bundles: a
+radiograph's per-pixel detector noise, a strip's speckle, which the downscale to the model
+grid averages away and an upscale back cannot restore). The
 fully convolutional encoder and its denoising decoder run over the tiles; the analysis heads
 (segmentation, classification) keep the one whole-image pass. Callers that need no denoised
 image leave the head out (`heads`), and the tiles are not computed.
