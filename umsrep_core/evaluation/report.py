@@ -94,12 +94,12 @@ def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEE
     gates = _gates(metrics, modality, real=data_dir is not None)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(cases, curves, records, predictor, out)
+    summaries = [_record_summary(r) for r in records or []]
     report: dict[str, Any] = {
         "bundle": bundle.manifest["name"], "modality": modality, "source": source,
         "n": len(cases), "clinical_use": bundle.manifest["clinical_use"], "metrics": metrics,
         "gates": gates, "passed": all(g["passed"] is not False for g in gates), "plots": plots,
-        "records": [_record_summary(r) for r in records or []],
-        "joint_to_gates": joint_to_gates([_record_summary(r) for r in records or []]),
+        "records": summaries, "joint_to_gates": joint_to_gates(summaries),
         "cases": [_case_row(c) for c in cases]}
     report = _finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -471,17 +471,16 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [f"| dice.{k} | {_fmt(v)} |" for k, v in m["dice"].items()]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if k != "dice"]
     if report["records"]:
-        lines += _records_table(report["records"])
+        lines += _records_table(report["records"], report["joint_to_gates"])
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
 
 
-def _records_table(records: list[dict[str, Any]]) -> list[str]:
+def _records_table(records: list[dict[str, Any]], best: dict[str, Any] | None) -> list[str]:
     """Fine-tuning strategies and separate models side by side, with their training compute
-    (pretraining included) relative to the separate models' total."""
+    (pretraining included) relative to the separate models' total; `best`: joint_to_gates."""
     separate = {u: _separate_total(records, u) for u in ("tflop", "seconds")}
     separate_to_gates = _separate_to_gates(records)
-    best = joint_to_gates(records)
     lines = ["", "## Training strategies", "",
              "Compute includes the shared pretraining run where there is one; validation "
              "on held-out phantoms at the model's input size, every few steps: *to gates* is "
