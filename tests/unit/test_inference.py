@@ -135,9 +135,13 @@ def test_predict_batch_runs_the_encoder_once_per_image(bundles: dict[str, Path])
         return lambda module, inputs, output: calls[name].append(
             int((inputs[0] if name == "encoder" else inputs[0][1]).shape[0]))
 
-    predictor.model.encoder.register_forward_hook(hook("encoder"))
-    for name, head in predictor.model.heads.items():
+    model = predictor.model
+    model.encoder.register_forward_hook(hook("encoder"))
+    for name, head in model.heads.items():
         head.register_forward_hook(hook(name))
+    assert model.stacked is not None
+    for name in model.stacked.heads:  # decoders asked together run stacked, as one
+        model.stacked.register_forward_hook(hook(name))
     images = [np.random.default_rng(i).random((50 + 10 * i, 60)).astype(np.float32)
               for i in range(3)]
     predictions = predictor.predict_batch(images, pixel_spacings=[0.2, None, (0.1, 0.2)])

@@ -66,6 +66,28 @@ def test_served_model_folds_its_norms_and_keeps_its_outputs() -> None:
         torch.testing.assert_close(got[head], expected[head], rtol=1e-4, atol=1e-4)
 
 
+def test_served_model_runs_its_decoders_stacked_with_the_same_outputs() -> None:
+    model = UMSRep(ModelConfig(width=4, depth=3, n_seg=3, input_size=64, dec_width=4,
+                               hidden=8))
+    for _ in range(3):
+        model(torch.rand(4, 1, 64, 64) * 3)
+    model.eval()
+    served = for_inference(model)
+    assert served.stacked is not None and served.stacked.heads == ("denoise", "segment")
+    stacked_calls: list[int] = []
+    served.stacked.register_forward_hook(lambda *_: stacked_calls.append(1))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        for heads in (HEADS, ("segment", "denoise"), ("segment",), ("classify", "denoise")):
+            expected, got = model(x, heads=heads), served(x, heads=heads)
+            assert list(got) == list(heads)
+            for head in heads:
+                torch.testing.assert_close(got[head], expected[head], rtol=1e-4, atol=1e-4)
+    assert stacked_calls == [1, 1]  # only where both decoders were asked
+    grouped = UMSRep(ModelConfig(width=4, depth=2, input_size=32, norm="group")).eval()
+    assert for_inference(grouped).stacked is None  # group norms do not fold: no stacking
+
+
 def test_encoder_runs_once_for_all_heads() -> None:
     model = UMSRep(TINY).eval()
     calls: list[int] = []

@@ -2,11 +2,11 @@
 
 Compute sits in the encoder (two 3x3 convolutions per level, channels doubling per level); the
 decoders are light feature-pyramid paths (a 1x1 lateral from each skip, upsample-and-add, one
-3x3 convolution per level, none at full resolution). That is what lets one shared encoder with
-three heads cost about 40 % of three separate models: the part that is shared is the part
-that costs. The denoising head predicts a residual on its input; the segmentation head gives one
-logit per label (multi-label: labels may overlap); the classification head pools the bottleneck.
-"""
+3x3 convolution per level, none at full resolution, the same few channels at every level).
+That is what lets one shared encoder with three heads cost about a third of three separate
+models: the part that is shared is the part that costs. The denoising head predicts a residual
+on its input; the segmentation head gives one logit per label (multi-label: labels may
+overlap); the classification head pools the bottleneck."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ __all__ = [
     "Encoder",
     "ModelConfig",
     "SingleTask",
+    "StackedDecoders",
     "UMSRep",
     "UNetDecoder",
     "count_parameters",
@@ -43,12 +44,12 @@ Features = tuple[list[Tensor], Tensor]  # skip features (full resolution first),
 @dataclass(frozen=True)
 class ModelConfig:
     in_channels: int = 1
-    width: int = 16  # encoder channels at full resolution, doubled at each level
+    width: int = 20  # encoder channels at full resolution, doubled at each level
     depth: int = 4  # downsampling steps: the bottleneck is input_size / 2**depth
     n_seg: int = 3  # segmentation labels
     n_classes: int = 2
     input_size: int = 256
-    dec_width: int = 16  # decoder channels at half resolution, doubled at each level down
+    dec_width: int = 16  # decoder channels, at every level
     norm: Literal["batch", "group"] = "batch"
     hidden: int = 64  # the classification MLP's hidden units
     class_levels: int = 2  # encoder levels the classifier pools, the bottleneck and up
@@ -111,24 +112,24 @@ class Encoder(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """Top-down path over the encoder's skips to `out_channels` maps at input resolution.
+    """A feature pyramid's top-down path over the encoder's skips, to `out_channels` maps at
+    input resolution.
 
-    Levels below full resolution: upsample, add a 1x1 lateral of the skip, one 3x3 conv. The
-    full-resolution level is linear (a 1x1 of the first skip plus the upsampled half-resolution
-    prediction): it is the costliest level per channel, and the encoder's first block already
-    holds the full-resolution detail.
+    Every level works on `dec_width` channels. Below full resolution: upsample, add a 1x1
+    lateral of the skip, one 3x3 conv. The full-resolution level is linear (a 1x1 of the first
+    skip plus the upsampled half-resolution prediction): it is the costliest level per
+    channel, and the encoder's first block already holds the full-resolution detail.
     """
 
     def __init__(self, config: ModelConfig, out_channels: int) -> None:
         super().__init__()
         enc = [config.width * 2**i for i in range(config.depth + 1)]
-        dec = {i: config.dec_width * 2 ** (i - 1) for i in range(1, config.depth + 1)}
+        width = config.dec_width
         inner = range(1, config.depth)  # the levels between full resolution and the bottleneck
-        self.top = _conv(enc[-1], dec[config.depth], config.norm, kernel=1)
-        self.reduce = nn.ModuleList(nn.Conv2d(dec[i + 1], dec[i], 1, bias=False) for i in inner)
-        self.lateral = nn.ModuleList(_conv(enc[i], dec[i], config.norm, kernel=1) for i in inner)
-        self.smooth = nn.ModuleList(_conv(dec[i], dec[i], config.norm) for i in inner)
-        self.coarse = nn.Conv2d(dec[1], out_channels, 1)
+        self.top = _conv(enc[-1], width, config.norm, kernel=1)
+        self.lateral = nn.ModuleList(_conv(enc[i], width, config.norm, kernel=1) for i in inner)
+        self.smooth = nn.ModuleList(_conv(width, width, config.norm) for _ in inner)
+        self.coarse = nn.Conv2d(width, out_channels, 1)
         self.fine = nn.Conv2d(enc[0], out_channels, 1, bias=False)
 
     def forward(self, features: Features) -> Tensor:
@@ -137,10 +138,12 @@ class UNetDecoder(nn.Module):
         for i in range(len(skips) - 2, -1, -1):  # i = level - 1
             skip = skips[i + 1]
             # Nearest is enough where a 3x3 conv follows, and cheaper than bilinear.
-            x = F.interpolate(self.reduce[i](x), size=skip.shape[-2:], mode="nearest")
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = self.smooth[i](x + self.lateral[i](skip))
-        out: Tensor = F.interpolate(self.coarse(x), size=skips[0].shape[-2:], mode="bilinear",
-                                    align_corners=False) + self.fine(skips[0])
+        out: Tensor = self.fine(skips[0])
+        # In place: one full-resolution tensor fewer at the peak of activation memory.
+        out += F.interpolate(self.coarse(x), size=skips[0].shape[-2:], mode="bilinear",
+                             align_corners=False)
         return out
 
 
@@ -167,6 +170,75 @@ class ClassHead(nn.Module):
         return logits
 
 
+class StackedDecoders(nn.Module):
+    """Decoders that read the same features, run as one decoder of the same shape: the 1x1s
+    of a shared input become one convolution with the decoders' outputs concatenated, the
+    layers on each decoder's own channels one grouped convolution. Same weights, same outputs,
+    one operator where there were one per head: at batch 1 on a CPU a decoder's small
+    operators cost more in call overhead and memory traffic than in arithmetic. Built by
+    `for_inference` from decoders whose batch norms are folded."""
+
+    def __init__(self, decoders: Mapping[str, UNetDecoder]) -> None:
+        super().__init__()
+        self.heads = tuple(decoders)
+        parts = list(decoders.values())
+        self.out_channels = [d.coarse.out_channels for d in parts]
+        self.path = path = copy.deepcopy(parts[0])
+        with torch.no_grad():
+            path.top = _restacked([d.top for d in parts], own_inputs=False)
+            for i in range(len(path.lateral)):
+                path.lateral[i] = _restacked([d.lateral[i] for d in parts], own_inputs=False)
+                path.smooth[i] = _restacked([d.smooth[i] for d in parts], own_inputs=True)
+            path.coarse = _stacked([d.coarse for d in parts], own_inputs=True)
+            path.fine = _stacked([d.fine for d in parts], own_inputs=False)
+
+    def forward(self, features: Features) -> list[Tensor]:
+        out: Tensor = self.path(features)
+        return list(out.split(self.out_channels, dim=1))
+
+
+def _conv_of(layer: nn.Module) -> nn.Conv2d:
+    """A decoder layer's convolution: the layer, or the first of its conv-norm-ReLU."""
+    conv = layer[0] if isinstance(layer, nn.Sequential) else layer
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"not a convolution layer: {layer}")
+    return conv
+
+
+def _restacked(layers: Sequence[nn.Module], *, own_inputs: bool) -> nn.Sequential:
+    """Conv-norm-ReLU layers as one: their convolutions stacked, the rest (the folded norm's
+    identity, the ReLU) kept."""
+    first = layers[0]
+    if not isinstance(first, nn.Sequential):
+        raise TypeError(f"not a conv-norm-ReLU layer: {first}")
+    return nn.Sequential(_stacked(layers, own_inputs=own_inputs), *list(first)[1:])
+
+
+def _stacked(layers: Sequence[nn.Module], *, own_inputs: bool) -> nn.Conv2d:
+    """One convolution doing the work of the layers' convolutions, their outputs
+    concatenated: all on the same input, or each on its own slice of the input, in order: a
+    grouped convolution where they have as many outputs each, else one with block-diagonal
+    weights."""
+    convs = [_conv_of(layer) for layer in layers]
+    first, n = convs[0], len(convs)
+    groups = n if own_inputs and len({c.out_channels for c in convs}) == 1 else 1
+    cin = first.in_channels * (n if own_inputs else 1)
+    weight = first.weight.new_zeros(sum(c.out_channels for c in convs), cin // groups,
+                                    *first.weight.shape[2:])
+    bias = first.weight.new_zeros(weight.shape[0])
+    row = 0
+    for k, c in enumerate(convs):
+        col = k * c.in_channels if own_inputs and groups == 1 else 0
+        weight[row:row + c.out_channels, col:col + c.in_channels] = c.weight
+        if c.bias is not None:
+            bias[row:row + c.out_channels] = c.bias
+        row += c.out_channels
+    kernel = first.kernel_size[0]
+    conv = nn.Conv2d(cin, weight.shape[0], kernel, padding=kernel // 2, groups=groups)
+    conv.weight, conv.bias = nn.Parameter(weight), nn.Parameter(bias)
+    return conv
+
+
 class UMSRep(nn.Module):
     """One encoder, and the heads named in `heads` (default: all of HEADS)."""
 
@@ -181,6 +253,7 @@ class UMSRep(nn.Module):
                     "segment": lambda: UNetDecoder(self.config, self.config.n_seg),
                     "classify": lambda: ClassHead(self.config)}
         self.heads = nn.ModuleDict({h: builders[h]() for h in HEADS if h in heads})
+        self.stacked: StackedDecoders | None = None  # set by for_inference
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -201,7 +274,10 @@ class UMSRep(nn.Module):
             raise ValueError(f"input {tuple(x.shape)}: expected (N, C, H, W), H and W "
                              f"multiples of {step}")
         features = self.encoder(x)
-        out = {h: self.heads[h](features) for h in wanted}
+        stacked = self.stacked
+        done = (dict(zip(stacked.heads, stacked(features), strict=True))
+                if stacked is not None and set(stacked.heads) <= set(wanted) else {})
+        out = {h: done[h] if h in done else self.heads[h](features) for h in wanted}
         if "denoise" in out:
             out["denoise"] = x + out["denoise"]
         return out
@@ -243,15 +319,19 @@ def set_trainable(model: UMSRep, strategy: str, n_blocks: int = 2) -> None:
 
 def for_inference(model: UMSRep, device: torch.device | str = "cpu") -> UMSRep:
     """A copy of `model` to serve: eval mode, each batch norm folded into the convolution
-    before it, channels-last memory. Same outputs (to float rounding), fewer and faster
+    before it, the decoders stacked into one (StackedDecoders: asked together, they run
+    together), channels-last memory. Same outputs (to float rounding), fewer and faster
     operators: on a CPU at batch 1 a small convolution costs more in memory traffic and call
-    overhead than in arithmetic, and the folded norms and channels-last layout save both."""
+    overhead than in arithmetic, and these save both."""
     served = copy.deepcopy(model).eval()
     for module in served.modules():
         if isinstance(module, nn.Sequential) and len(module) > 1 and isinstance(
                 module[0], nn.Conv2d) and isinstance(module[1], nn.BatchNorm2d):
             module[0] = fuse_conv_bn_eval(module[0], module[1])
             module[1] = nn.Identity()
+    decoders = {h: m for h, m in served.heads.items() if isinstance(m, UNetDecoder)}
+    if len(decoders) > 1 and served.config.norm == "batch":  # group norms do not fold
+        served.stacked = StackedDecoders(decoders)
     served.to(device)
     served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # untyped
     return served

@@ -15,15 +15,18 @@ from umsrep_core.models.bundle import BUNDLES_DIR
 from umsrep_core.training.data import LABELS
 from umsrep_core.training.runs import RunSpec, export, train
 
-__all__ = ["STEPS", "build"]
+__all__ = ["STEPS", "VERSION", "build"]
 
 STEPS = 800
+# The bundles' model version is part of every output's UID: it changes whenever their weights
+# do, so that a study processed again by new weights gets new objects, not old UIDs.
+VERSION = "0.2.0"
 
 
 def build(modality: str, out: Path, work: Path, *, steps: int) -> Path:
     run = work / f"demo-{modality}"
     train(RunSpec(modality, steps=steps, batch=16, image_size=128, seed=0), run, resume=True)
-    return export(run, out / modality, name=modality)
+    return export(run, out / modality, name=modality, version=VERSION)
 
 
 def main(argv: list[str] | None = None) -> int:
