@@ -6,6 +6,7 @@ from umsrep_core.phantoms.chest import (
     ChestPhantom,
     add_xray_noise,
     chest_batch,
+    chest_with_noise,
     make_chest,
 )
 from umsrep_core.phantoms.doppler import (
@@ -25,6 +26,7 @@ __all__ = [
     "add_speckle",
     "add_xray_noise",
     "chest_batch",
+    "chest_with_noise",
     "doppler_batch",
     "make_chest",
     "make_doppler",

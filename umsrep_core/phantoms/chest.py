@@ -461,6 +461,12 @@ def make_chest(seed: int, *, size: int | None = None, abnormal: bool | None = No
     return _generate(seed, size, abnormal, photometric)[0]
 
 
+def chest_with_noise(seed: int, *, size: int | None = None) -> tuple[ChestPhantom, Array]:
+    """make_chest's phantom and its noisy image as displayed (float32 in [0, 1], bright
+    bone, before the detector's stored values): the pair a denoiser is scored on."""
+    return _generate(seed, size, None, None)
+
+
 def chest_batch(seeds: Sequence[int], size: int) -> dict[str, Array]:
     """Training arrays for phantoms of the given seeds, all `size` x `size`:
     images (N,1,H,W) float32 noisy display [0,1], clean (N,1,H,W), masks (N,3,H,W) float32 in

@@ -10,17 +10,19 @@ generator are part of a checkpoint: a resumed run sees the batches an uninterrup
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.us import region_box
-from umsrep_core.phantoms.chest import chest_batch
+from umsrep_core.measure.chest import STRUCTURES
+from umsrep_core.phantoms.chest import chest_batch, chest_with_noise
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
 
-__all__ = ["DENOISE_GRID", "LABELS", "Batch", "PhantomPool", "corrupt", "phantom_arrays"]
+__all__ = ["DENOISE_GRID", "LABELS", "Batch", "HeldOut", "PhantomPool", "corrupt",
+           "held_out_arrays", "phantom_arrays"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean, masks, labels
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -61,6 +63,45 @@ def phantom_arrays(modality: str, seeds: Iterable[int], size: int) -> Arrays:
         b = chest_batch(list(seeds), size)
         return b["images"], b["clean"], b["masks"], b["labels"]
     return doppler_arrays(seeds, size)
+
+
+class HeldOut(NamedTuple):
+    """A run's validation data: the analysis arrays at the model size, and (noisy, clean)
+    images of the model size on the grid the denoiser is served on."""
+
+    images: np.ndarray
+    clean: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    noisy_tiles: np.ndarray
+    clean_tiles: np.ndarray
+
+
+def held_out_arrays(modality: str, seeds: Iterable[int], size: int) -> HeldOut:
+    """Held-out phantoms as a served bundle sees them, so that a run's validation scores as
+    `evaluate` does. Chest: phantoms at their own sizes (1k-3k pixels), letterboxed as the
+    Predictor does, and one tile of each on its own pixel grid (the bundle denoises in tiles
+    there: a tile is smoother than a whole chest drawn at the model size). Doppler: the
+    training preparation, whose strips speckled on the model grid stand for the source."""
+    if modality != "cxr":
+        images, clean, masks, labels = phantom_arrays(modality, seeds, size)
+        return HeldOut(images, clean, masks, labels, images, clean)
+    rows: list[tuple[Any, ...]] = []
+    for seed in seeds:
+        p, noisy = chest_with_noise(seed)
+        box = Letterbox.fit(noisy.shape, size)
+        h, w = noisy.shape
+        rng = np.random.default_rng(seed)  # the tile, inside the middle half of the image
+        y, x = (int(rng.integers(n // 4, 3 * n // 4 - size + 1)) for n in (h, w))
+        rows.append((box.to_model(noisy), box.to_model(p.clean),
+                     np.stack([box.to_model(p.masks[s].astype(np.float32)) > 0.5
+                               for s in STRUCTURES]).astype(np.float32),
+                     np.int64(p.abnormal), noisy[y:y + size, x:x + size],
+                     p.clean[y:y + size, x:x + size]))
+    images, clean, masks, labels, noisy, clean_tiles = (np.stack(a)
+                                                         for a in zip(*rows, strict=True))
+    return HeldOut(images[:, None], clean[:, None], masks, labels, noisy[:, None],
+                   clean_tiles[:, None])
 
 
 class PhantomPool:

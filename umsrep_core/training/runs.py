@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from umsrep_core.errors import UmsrepError
 from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
-from umsrep_core.evaluation.report import GATES as QUALITY_GATES  # scored on the model grid
+from umsrep_core.evaluation.report import GATES as QUALITY_GATES
 from umsrep_core.evaluation.report import gate_passed
 from umsrep_core.inference import default_device, synchronize
 from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
@@ -47,9 +47,10 @@ from umsrep_core.training.data import (
     DENOISE_GRID,
     LABELS,
     Batch,
+    HeldOut,
     PhantomPool,
     corrupt,
-    phantom_arrays,
+    held_out_arrays,
 )
 from umsrep_core.training.losses import multitask_loss
 
@@ -196,8 +197,8 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         pretext.set_state(saved["pretext_rng"])
         torch.set_rng_state(saved["torch_rng"])
         state = {k: saved[k] for k in state}
-    held_out = phantom_arrays(spec.modality, range(VALIDATION_SEED, VALIDATION_SEED + val),
-                              spec.image_size)
+    held_out = held_out_arrays(spec.modality, range(VALIDATION_SEED, VALIDATION_SEED + val),
+                               spec.image_size)
     start = state["step"]
     schedule = _schedule(optimiser, spec, phases, start, saved)
 
@@ -276,33 +277,41 @@ def gates_met(modality: str, metrics: dict[str, Any]) -> bool:
     return all(gate_passed(*gates[key], value) for key, value in metrics.items() if key in gates)
 
 
-def validate(model: UMSRep, spec: RunSpec, held_out: tuple[np.ndarray, ...], *,
+def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
              device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The held-out phantoms (phantom_arrays at the model size) scored per head the model has:
-    Dice per label, AUC, PSNR gain; `gates_met` says whether every gate of those heads is
-    reached."""
-    images, clean, masks, labels = held_out
-    n = len(images)
+    """The held-out phantoms (held_out_arrays) scored per head the model has, as `evaluate`
+    scores: Dice per label (over the images that have the structure), AUC, PSNR gain on the
+    denoiser's grid; `gates_met` says whether every gate of those heads is reached."""
+    analysis = tuple(h for h in model.tasks if h != "denoise")
     with torch.inference_mode():
-        out = {k: v.float().cpu().numpy() for k, v in
-               model.eval()(torch.from_numpy(images).to(device)).items()}
+        model.eval()
+        out = {k: v.float().cpu().numpy() for k, v in model(
+            torch.from_numpy(held_out.images).to(device), heads=analysis).items()
+               } if analysis else {}
+        if "denoise" in model.tasks:
+            out["denoise"] = model(torch.from_numpy(held_out.noisy_tiles).to(device),
+                                   heads=("denoise",))["denoise"].float().cpu().numpy()
     metrics: dict[str, Any] = {}
     seg, classes = LABELS[spec.modality]
     if "segment" in out:
-        predicted = out["segment"] > 0
+        predicted, truth = out["segment"] > 0, held_out.masks > 0.5
         for j, name in enumerate(seg):
-            metrics[f"dice.{name}"] = float(np.mean([dice(predicted[i, j], masks[i, j] > 0.5)
-                                                     for i in range(n)]))
+            # As `evaluate` scores: an image without the structure (a strip that is not
+            # spectral Doppler has no envelope) has no mask to score.
+            scored = [dice(predicted[i, j], truth[i, j]) for i in range(len(truth))
+                      if truth[i, j].any()]
+            if scored:
+                metrics[f"dice.{name}"] = float(np.mean(scored))
     if "classify" in out:
-        logits = torch.from_numpy(out["classify"])
-        probs = torch.softmax(logits, dim=1).numpy()
-        metrics["auc"] = (auc(probs[:, 1], labels) if len(classes) == 2
-                          else auc_ovr(probs, labels))
+        probs = torch.softmax(torch.from_numpy(out["classify"]), dim=1).numpy()
+        metrics["auc"] = (auc(probs[:, 1], held_out.labels) if len(classes) == 2
+                          else auc_ovr(probs, held_out.labels))
     if "denoise" in out:
         den = np.clip(out["denoise"], 0, 1)
+        noisy, clean = held_out.noisy_tiles, held_out.clean_tiles
         metrics["psnr_gain_db"] = float(np.mean([psnr(den[i, 0], clean[i, 0])
-                                                 - psnr(images[i, 0], clean[i, 0])
-                                                 for i in range(n)]))
+                                                 - psnr(noisy[i, 0], clean[i, 0])
+                                                 for i in range(len(den))]))
     metrics["gates_met"] = gates_met(spec.modality, metrics)
     return metrics
 
