@@ -483,8 +483,9 @@ def _records_table(records: list[dict[str, Any]], best: dict[str, Any] | None) -
     separate_to_gates = _separate_to_gates(records)
     lines = ["", "## Training strategies", "",
              "Compute includes the shared pretraining run where there is one; validation "
-             "on held-out phantoms at the model's input size, every few steps: *to gates* is "
-             "the compute until the first validation that met every gate of the run's heads.",
+             "on held-out phantoms as a served bundle sees them, every few steps: *to gates* "
+             "is the compute until the first validation that met every gate of the run's "
+             "heads.",
              "", "Joint multi-task training against the three separate models, to the same "
              "gates (goal: at most half): " + (
                  f"**{best['ratio']:.2f}** ({best['run']}, {best['tflop']:.4g} TFLOP against "
