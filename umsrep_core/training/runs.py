@@ -282,15 +282,15 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
     """The held-out phantoms (held_out_arrays) scored per head the model has, as `evaluate`
     scores: Dice per label (over the images that have the structure), AUC, PSNR gain on the
     denoiser's grid; `gates_met` says whether every gate of those heads is reached."""
-    analysis = tuple(h for h in model.tasks if h != "denoise")
-    with torch.inference_mode():
-        model.eval()
-        out = {k: v.float().cpu().numpy() for k, v in model(
-            torch.from_numpy(held_out.images).to(device), heads=analysis).items()
-               } if analysis else {}
-        if "denoise" in model.tasks:
-            out["denoise"] = model(torch.from_numpy(held_out.noisy_tiles).to(device),
-                                   heads=("denoise",))["denoise"].float().cpu().numpy()
+    def run(images: np.ndarray, heads: tuple[str, ...]) -> dict[str, np.ndarray]:
+        if not heads:
+            return {}
+        with torch.inference_mode():
+            out = model.eval()(torch.from_numpy(images).to(device), heads=heads)
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    out = {**run(held_out.images, tuple(h for h in model.tasks if h != "denoise")),
+           **run(held_out.noisy_tiles, tuple(h for h in model.tasks if h == "denoise"))}
     metrics: dict[str, Any] = {}
     seg, classes = LABELS[spec.modality]
     if "segment" in out:
