@@ -376,6 +376,10 @@ def _is_separate(record: dict[str, Any]) -> bool:
     return str(record["strategy"]).lower().startswith("separate")
 
 
+def _is_pretrain(record: dict[str, Any]) -> bool:
+    return str(record["strategy"]).lower().startswith("pretrain")
+
+
 def _to_gates(record: dict[str, Any]) -> float | None:
     """TFLOP a run took to first meet every gate of its heads, its pretraining included;
     None when it never did."""
@@ -395,8 +399,7 @@ def joint_to_gates(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The multi-task run that met every gate with the least compute, and that compute against
     the separate models' (issue 4: at most half); None when either side never met them."""
     separate = _separate_to_gates(records)
-    joint = [(t, r) for r in records if not _is_separate(r)
-             and not str(r["strategy"]).startswith("pretrain")
+    joint = [(t, r) for r in records if not _is_separate(r) and not _is_pretrain(r)
              and (t := _to_gates(r)) is not None]
     if separate is None or not joint:
         return None
@@ -407,7 +410,7 @@ def joint_to_gates(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
     """Training compute against the separate models, and the validation metrics, per run."""
-    runs = [r for r in records if not str(r["strategy"]).startswith("pretrain")]
+    runs = [r for r in records if not _is_pretrain(r)]
     separate = _separate_total(runs, "tflop") or 1.0
     metrics = sorted({k for r in runs for k, v in r["metrics"].items()
                       if isinstance(v, int | float) and not isinstance(v, bool)})
