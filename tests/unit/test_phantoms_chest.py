@@ -10,7 +10,7 @@ from umsrep_core.phantoms.chest import (
     FINDINGS,
     ChestPhantom,
     add_xray_noise,
-    chest_batch,
+    chest_with_noise,
     make_chest,
 )
 
@@ -164,18 +164,15 @@ def test_xray_noise_is_poisson_like_and_falls_with_dose() -> None:
     np.testing.assert_array_equal(low, again)
 
 
-def test_chest_batch_stacks_training_arrays() -> None:
-    seeds = [1, 2, 3]
-    batch = chest_batch(seeds, 64)
-    assert batch["images"].shape == batch["clean"].shape == (3, 1, 64, 64)
-    assert batch["masks"].shape == (3, 3, 64, 64)
-    assert batch["images"].dtype == batch["masks"].dtype == np.float32
-    assert batch["labels"].dtype == np.int64 and set(batch["labels"]) <= {0, 1}
-    for i, seed in enumerate(seeds):
-        p = make_chest(seed, size=64)
-        np.testing.assert_array_equal(batch["clean"][i, 0], p.clean)
-        for j, name in enumerate(STRUCTURES):
-            np.testing.assert_array_equal(batch["masks"][i, j], p.masks[name])
-        assert batch["labels"][i] == int(p.abnormal)
-        assert batch["ctr"][i] == np.float32(p.ctr)
-    assert np.abs(batch["images"] - batch["clean"]).mean() > 0.005
+def test_a_shrunk_radiograph_is_the_same_case_with_averaged_noise() -> None:
+    full, full_noisy = chest_with_noise(5)
+    small, small_noisy = chest_with_noise(5, shrink_to=128)
+    assert small_noisy.shape[0] == 128 and small.image.shape == small_noisy.shape
+    assert small_noisy.shape[1] == round(full_noisy.shape[1] * 128 / full_noisy.shape[0])
+    assert (small.abnormal, small.findings, small.photometric) == \
+        (full.abnormal, full.findings, full.photometric)
+    assert abs(small.ctr - full.ctr) < 0.02
+    drawn_small, drawn_noisy = chest_with_noise(5, size=128)
+    # k*k source pixels in one: far less noise than a phantom drawn at that size
+    assert np.abs(small_noisy - small.clean).mean() < np.abs(drawn_noisy - drawn_small.clean
+                                                             ).mean() / 4

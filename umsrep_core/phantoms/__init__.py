@@ -5,7 +5,6 @@ from umsrep_core.phantoms.chest import (
     PHOTOMETRICS,
     ChestPhantom,
     add_xray_noise,
-    chest_batch,
     chest_with_noise,
     make_chest,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "DopplerPhantom",
     "add_speckle",
     "add_xray_noise",
-    "chest_batch",
     "chest_with_noise",
     "doppler_batch",
     "make_chest",

@@ -402,12 +402,16 @@ def _burn_in(rng: np.random.Generator, clean: Array) -> None:
                   scale=small, value=0.98)
 
 
-def _generate(seed: int, size: int | None, abnormal: bool | None, photometric: str | None
-              ) -> tuple[ChestPhantom, Array]:
+def _generate(seed: int, size: int | None, abnormal: bool | None, photometric: str | None,
+              shrink_to: int | None = None) -> tuple[ChestPhantom, Array]:
     rng = np.random.default_rng(seed)
+    shrink = 1.0
     if size is None:
         h = int(rng.integers(1024, 3073))
         w = round(h * rng.uniform(0.82, 1.0))
+        if shrink_to is not None:  # the same radiograph, drawn at what its letterbox keeps
+            shrink = h / shrink_to
+            h, w = shrink_to, round(w / shrink)
     elif size < 64:
         raise ValueError(f"a chest phantom needs at least 64 x 64 pixels, not {size}")
     else:
@@ -437,7 +441,10 @@ def _generate(seed: int, size: int | None, abnormal: bool | None, photometric: s
     clean = np.clip(density * heel, 0, 1) ** F32(rng.uniform(0.85, 1.15))
     clean = F32(0.03) + F32(0.94) * clean
     _burn_in(rng, clean)
-    noisy = add_xray_noise(clean, rng, dose=rng.uniform(150, 1500))
+    # Shrunk by a factor k, a pixel averages k*k source pixels: k*k times their photons, and
+    # k times their electronic noise.
+    noisy = add_xray_noise(clean, rng, dose=rng.uniform(150, 1500) * shrink**2,
+                           electronic=2.0 * shrink)
     bits = int(rng.integers(12, 17))
     top = 2 ** bits - 1
     lo, hi = rng.uniform(0.0, 0.12) * top, rng.uniform(0.8, 1.0) * top
@@ -461,28 +468,11 @@ def make_chest(seed: int, *, size: int | None = None, abnormal: bool | None = No
     return _generate(seed, size, abnormal, photometric)[0]
 
 
-def chest_with_noise(seed: int, *, size: int | None = None) -> tuple[ChestPhantom, Array]:
+def chest_with_noise(seed: int, *, size: int | None = None, shrink_to: int | None = None
+                     ) -> tuple[ChestPhantom, Array]:
     """make_chest's phantom and its noisy image as displayed (float32 in [0, 1], bright
-    bone, before the detector's stored values): the pair a denoiser is scored on."""
-    return _generate(seed, size, None, None)
-
-
-def chest_batch(seeds: Sequence[int], size: int) -> dict[str, Array]:
-    """Training arrays for phantoms of the given seeds, all `size` x `size`:
-    images (N,1,H,W) float32 noisy display [0,1], clean (N,1,H,W), masks (N,3,H,W) float32 in
-    the order right_lung, left_lung, heart, labels (N,) int64 (1 = abnormal), ctr (N,) float32.
-    """
-    n = len(seeds)
-    out: dict[str, Array] = {
-        "images": np.empty((n, 1, size, size), F32), "clean": np.empty((n, 1, size, size), F32),
-        "masks": np.empty((n, 3, size, size), F32), "labels": np.empty(n, np.int64),
-        "ctr": np.empty(n, F32)}
-    for i, seed in enumerate(seeds):
-        phantom, noisy = _generate(seed, size, None, None)
-        out["images"][i, 0] = noisy
-        out["clean"][i, 0] = phantom.clean
-        for j, name in enumerate(STRUCTURES):
-            out["masks"][i, j] = phantom.masks[name]
-        out["labels"][i] = int(phantom.abnormal)
-        out["ctr"][i] = phantom.ctr
-    return out
+    bone, before the detector's stored values): the pair a denoiser is scored on.
+    `shrink_to` (with `size` None): the radiograph of this seed (same anatomy, findings and
+    label) drawn `shrink_to` pixels high, with the noise a pixel has when the full-size
+    image is shrunk that far: what a letterbox of it shows, at a fraction of the cost."""
+    return _generate(seed, size, None, None, shrink_to)

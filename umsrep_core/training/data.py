@@ -1,8 +1,8 @@
 """Training data: phantoms prepared as the Predictor sees them, in a pool renewed as it trains.
 
-Chest images are rendered at the model size; Doppler strips are cropped to their spectral region
-and letterboxed, as `Predictor` does with a received image, and half of them are speckled after
-that, on the model grid (see DENOISE_GRID). Generating a phantom costs more than
+Each modality's phantoms come in two halves (see DENOISE_GRID): one as `Predictor` sees a
+received image (a chest radiograph letterboxed, a Doppler strip cropped to its spectral region
+and letterboxed), one with its noise on the model grid, as the denoiser sees a source tile. Generating a phantom costs more than
 a training step, so a pool of them is renewed a little at every step. The pool and its random
 generator are part of a checkpoint: a resumed run sees the batches an uninterrupted one would.
 """
@@ -18,7 +18,7 @@ import torch
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.us import region_box
 from umsrep_core.measure.chest import STRUCTURES
-from umsrep_core.phantoms.chest import chest_batch, chest_with_noise
+from umsrep_core.phantoms.chest import chest_with_noise
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
 
 __all__ = ["DENOISE_GRID", "LABELS", "Batch", "HeldOut", "PhantomPool", "corrupt",
@@ -29,10 +29,12 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
           "echo_doppler": (["envelope"], list(DOPPLER_TYPES))}
 # The grid the denoising head works on (bundle manifest `denoise_grid`): the image's own, in
-# tiles, so it learns noise as a source pixel carries it. Chest phantoms are drawn at the model
-# size with the detector's per-pixel noise. A letterboxed Doppler strip has its speckle
-# averaged by the downsizing, so half the strips (odd seeds) get their speckle on the model
-# grid instead; the other half keep what the whole-image pass of a received strip sees.
+# tiles, so it learns noise as a source pixel carries it. A letterboxed image has its noise
+# averaged by the downsizing, so half the phantoms (odd seeds) carry theirs on the model grid
+# (a chest drawn at the model size with the detector's per-pixel noise, a Doppler strip
+# speckled after letterboxing); the other half are what the whole-image pass of a received
+# image sees, which the analysis heads must learn (a classifier trained only on the noisy half
+# took smooth normal radiographs for abnormal).
 DENOISE_GRID = {"cxr": "source", "echo_doppler": "source"}
 
 
@@ -52,17 +54,35 @@ def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
         clean.append(clean_m)
         masks.append(box.to_model(p.envelope.astype(np.float32)) > 0.5)
         labels.append(DOPPLER_TYPES.index(p.kind))
-    return (np.stack(images)[:, None], np.stack(clean)[:, None],
-            np.stack(masks)[:, None].astype(np.float32), np.array(labels, np.int64))
+    return (_planes(images), _planes(clean), _planes(masks), np.array(labels, np.int64))
+
+
+def _planes(planes: list[np.ndarray]) -> np.ndarray:
+    """(N, 1, H, W) float32 with the strides of a fresh array: a channel axis added by
+    indexing has strides torch takes for channels-last, which rounds convolutions otherwise,
+    so a resumed run (its pool copied back from a checkpoint) would drift from a whole one."""
+    return np.stack(planes).astype(np.float32)[:, None].copy()
+
+
+def chest_arrays(seeds: Iterable[int], size: int) -> Arrays:
+    images, clean, masks, labels = [], [], [], []
+    for seed in seeds:
+        p, noisy = (chest_with_noise(seed, size=size) if seed % 2 else
+                    chest_with_noise(seed, shrink_to=size))
+        box = Letterbox.fit(noisy.shape, size)
+        images.append(box.to_model(noisy))
+        clean.append(box.to_model(p.clean))
+        masks.append(np.stack([box.to_model(p.masks[s].astype(np.float32)) > 0.5
+                               for s in STRUCTURES]))
+        labels.append(int(p.abnormal))
+    return (_planes(images), _planes(clean), np.stack(masks).astype(np.float32),
+            np.array(labels, np.int64))
 
 
 def phantom_arrays(modality: str, seeds: Iterable[int], size: int) -> Arrays:
     if modality not in LABELS:
         raise ValueError(f"modality {modality!r}: choose one of {sorted(LABELS)}")
-    if modality == "cxr":
-        b = chest_batch(list(seeds), size)
-        return b["images"], b["clean"], b["masks"], b["labels"]
-    return doppler_arrays(seeds, size)
+    return chest_arrays(seeds, size) if modality == "cxr" else doppler_arrays(seeds, size)
 
 
 class HeldOut(NamedTuple):

@@ -385,7 +385,9 @@ def _schedule(optimiser: torch.optim.Optimizer, spec: RunSpec, phases: dict[int,
               ) -> torch.optim.lr_scheduler.OneCycleLR:
     """One warm-up-and-anneal cycle per phase (each head of a sequential run gets its own),
     for the phase of `step`; with `saved`, the optimiser and schedule of a checkpoint."""
-    first, end, _ = next(span for span in _spans(spec, phases) if span[0] <= step < span[1])
+    spans = _spans(spec, phases)
+    # A checkpoint of the last step (stopped before its record was written) is in the last.
+    first, end, _ = next((span for span in spans if span[0] <= step < span[1]), spans[-1])
     if saved is not None and step == first:  # at a phase start: a fresh cycle on them
         optimiser.load_state_dict(saved["optimiser"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=spec.lr,
