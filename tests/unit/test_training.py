@@ -80,6 +80,22 @@ def test_half_the_doppler_strips_are_speckled_on_the_model_grid() -> None:
         assert np.abs(images[seed, 0] - clean[seed, 0]).mean() > 0.01
 
 
+def test_half_the_chest_phantoms_are_letterboxed_radiographs() -> None:
+    from umsrep_core.phantoms import chest_with_noise
+
+    images, _, masks, labels = phantom_arrays("cxr", range(2), 64)
+    # seed 0: a whole radiograph (portrait) shrunk and letterboxed, with padding either side;
+    # seed 1: drawn at the model size, its detector noise on the model grid
+    shrunk, noisy = chest_with_noise(0, shrink_to=64)
+    box = Letterbox.fit(noisy.shape, 64)
+    np.testing.assert_array_equal(images[0, 0], box.to_model(noisy))
+    assert noisy.shape[1] < 64 and images[0, 0, :, 0].max() == 0
+    drawn, drawn_noisy = chest_with_noise(1, size=64)
+    np.testing.assert_array_equal(images[1, 0], drawn_noisy)
+    assert list(labels) == [int(shrunk.abnormal), int(drawn.abnormal)]
+    assert masks[1, 2].sum() == drawn.masks["heart"].sum()
+
+
 def test_the_pool_renews_itself_with_unseen_phantoms() -> None:
     pool = PhantomPool("cxr", first=0, size=4, image_size=64, renew=2, renew_every=2)
     before = pool.arrays[0].copy()
@@ -122,7 +138,8 @@ def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("schedule", "stop"), [("joint", 3), ("sequential", 3),
-                                                ("sequential", 4)])  # mid-phase, phase start
+                                                ("sequential", 4), ("joint", 6)])
+# mid-phase, a phase start, the last step (stopped before its record)
 def test_a_resumed_run_takes_the_steps_an_uninterrupted_one_takes(
         pretrained: Path, tmp_path: Path, schedule: str, stop: int) -> None:
     spec = tiny(init=str(pretrained), strategy="partial", schedule=schedule)
@@ -279,8 +296,12 @@ def test_joint_training_is_compared_with_the_separate_models_to_the_same_gates()
             record("scratch-joint", "scratch joint", 4.5),
             record("full-sequential", "full sequential", None), *separate]
     best = joint_to_gates(runs)
-    assert best is not None and best["run"] == "scratch-joint"
-    assert best["ratio"] == pytest.approx(4.5 / 12)
+    assert best is not None and best["run"] == "frozen-joint"
+    assert best["ratio"] == pytest.approx(2 / 12)
+    assert best["ratio_with_pretraining"] == pytest.approx(5 / 12)
+    scratch = joint_to_gates([r for r in runs if r["name"] != "frozen-joint"])
+    assert scratch is not None and scratch["run"] == "scratch-joint"
+    assert scratch["ratio"] == scratch["ratio_with_pretraining"] == pytest.approx(4.5 / 12)
     assert joint_to_gates([*runs[:-1], record("separate-classify", "separate classify",
                                               None)]) is None
 
