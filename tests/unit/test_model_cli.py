@@ -187,7 +187,8 @@ def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
                "--runs", "frozen-joint,scratch-joint,separate-classify") == 0
     out = capsys.readouterr().out
     assert "separate-classify: separate classify, 2 steps" in out
-    assert "joint fine-tuning against separate, to the same gates: not measured" in out  # 2 steps: never
+    # 2 steps: never
+    assert "joint fine-tuning against separate, to the same gates: not measured" in out
     # the pretraining came along for frozen-joint; nothing else of the grid ran
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bundle", "frozen-joint", "pretrain", "report", "scratch-joint", "separate-classify"]

@@ -386,7 +386,7 @@ def _to_gates(record: dict[str, Any], *, pretraining: bool = True) -> float | No
     own = record.get("tflop_to_gates")
     if own is None:
         return None
-    return own + (record.get("pretrain_tflop") or 0) if pretraining else own
+    return float(own) + (record.get("pretrain_tflop") or 0 if pretraining else 0)
 
 
 def _separate_to_gates(records: Sequence[dict[str, Any]]) -> float | None:

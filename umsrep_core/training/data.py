@@ -2,9 +2,10 @@
 
 Each modality's phantoms come in two halves (see DENOISE_GRID): one as `Predictor` sees a
 received image (a chest radiograph letterboxed, a Doppler strip cropped to its spectral region
-and letterboxed), one with its noise on the model grid, as the denoiser sees a source tile. Generating a phantom costs more than
-a training step, so a pool of them is renewed a little at every step. The pool and its random
-generator are part of a checkpoint: a resumed run sees the batches an uninterrupted one would.
+and letterboxed), one with its noise on the model grid, as the denoiser sees a source tile.
+Generating a phantom costs more than a training step, so a pool of them is renewed a little at
+every step. The pool and its random generator are part of a checkpoint: a resumed run sees the
+batches an uninterrupted one would.
 """
 
 from __future__ import annotations
