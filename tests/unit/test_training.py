@@ -21,12 +21,13 @@ from umsrep_core.models.umsrep import HEADS, UMSRep
 from umsrep_core.training.compare import compare
 from umsrep_core.training.data import (
     LABELS,
+    NO_TARGET,
     PhantomPool,
     corrupt,
     held_out_arrays,
     phantom_arrays,
 )
-from umsrep_core.training.losses import multitask_loss
+from umsrep_core.training.losses import WEIGHTS, loss_terms, multitask_loss
 from umsrep_core.training.runs import (
     RunSpec,
     TrainingError,
@@ -77,13 +78,15 @@ def test_half_the_doppler_strips_are_speckled_on_the_model_grid() -> None:
         letterboxed = box.to_model(p.image.astype(np.float32) / 255)
         # seed 0: the received strip letterboxed; seed 1: clean letterboxed, then speckled
         assert np.array_equal(images[seed, 0], letterboxed) == (seed == 0)
-        assert np.abs(images[seed, 0] - clean[seed, 0]).mean() > 0.01
+    # the denoiser is served on source tiles: the letterboxed strip is no target for it
+    assert np.isnan(clean[0]).all()
+    assert np.abs(images[1, 0] - clean[1, 0]).mean() > 0.01
 
 
 def test_half_the_chest_phantoms_are_letterboxed_radiographs() -> None:
     from umsrep_core.phantoms import chest_with_noise
 
-    images, _, masks, labels = phantom_arrays("cxr", range(2), 64)
+    images, clean, masks, labels = phantom_arrays("cxr", range(2), 64)
     # seed 0: a whole radiograph (portrait) shrunk and letterboxed, with padding either side;
     # seed 1: drawn at the model size, its detector noise on the model grid
     shrunk, noisy = chest_with_noise(0, shrink_to=64)
@@ -94,6 +97,22 @@ def test_half_the_chest_phantoms_are_letterboxed_radiographs() -> None:
     np.testing.assert_array_equal(images[1, 0], drawn_noisy)
     assert list(labels) == [int(shrunk.abnormal), int(drawn.abnormal)]
     assert masks[1, 2].sum() == drawn.masks["heart"].sum()
+    assert np.isnan(clean[0]).all() and np.array_equal(clean[1, 0], drawn.clean)
+
+
+def test_the_denoising_loss_skips_images_without_a_target() -> None:
+    clean = torch.rand(2, 1, 8, 8)
+    out = clean + 0.1
+    out[1] += 5.0  # far off, but on a whole image (NO_TARGET): not counted
+    clean[1] = float(NO_TARGET)
+    labels = torch.zeros(2, dtype=torch.long)
+    [term] = loss_terms("denoise", out.requires_grad_(), (clean, clean, clean, labels))
+    assert term.item() == pytest.approx(WEIGHTS["denoise"] * 0.1, rel=1e-4)
+    term.backward()
+    assert out.grad is not None and torch.isfinite(out.grad).all() and not out.grad[1].any()
+    clean[0] = float(NO_TARGET)  # a batch of whole images only: no denoising signal, no NaN
+    [term] = loss_terms("denoise", out.detach(), (clean, clean, clean, labels))
+    assert term.item() == 0
 
 
 def test_the_pool_renews_itself_with_unseen_phantoms() -> None:

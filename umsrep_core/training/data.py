@@ -22,7 +22,7 @@ from umsrep_core.measure.chest import STRUCTURES
 from umsrep_core.phantoms.chest import chest_with_noise
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
 
-__all__ = ["DENOISE_GRID", "LABELS", "Batch", "HeldOut", "PhantomPool", "corrupt",
+__all__ = ["DENOISE_GRID", "LABELS", "NO_TARGET", "Batch", "HeldOut", "PhantomPool", "corrupt",
            "held_out_arrays", "phantom_arrays"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean, masks, labels
@@ -35,8 +35,10 @@ LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
 # (a chest drawn at the model size with the detector's per-pixel noise, a Doppler strip
 # speckled after letterboxing); the other half are what the whole-image pass of a received
 # image sees, which the analysis heads must learn (a classifier trained only on the noisy half
-# took smooth normal radiographs for abnormal).
+# took smooth normal radiographs for abnormal). The denoiser is never served those: their
+# clean image is NaN, no target (as an identity target, they taught it to leave noise be).
 DENOISE_GRID = {"cxr": "source", "echo_doppler": "source"}
+NO_TARGET = np.float32("nan")
 
 
 def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
@@ -50,9 +52,10 @@ def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
             speckle = box.to_model(p.speckle.astype(np.float32)) > 0.5
             noisy = add_speckle(clean_m, np.random.default_rng(seed), p.speckle_strength)
             images.append(np.rint(np.where(speckle, noisy, clean_m) * 255) / 255)
+            clean.append(clean_m)
         else:
             images.append(box.to_model(p.image.astype(np.float32) / 255.0))  # as read_frames
-        clean.append(clean_m)
+            clean.append(np.full_like(clean_m, NO_TARGET))
         masks.append(box.to_model(p.envelope.astype(np.float32)) > 0.5)
         labels.append(DOPPLER_TYPES.index(p.kind))
     return (_planes(images), _planes(clean), _planes(masks), np.array(labels, np.int64))
@@ -72,7 +75,7 @@ def chest_arrays(seeds: Iterable[int], size: int) -> Arrays:
                     chest_with_noise(seed, shrink_to=size))
         box = Letterbox.fit(noisy.shape, size)
         images.append(box.to_model(noisy))
-        clean.append(box.to_model(p.clean))
+        clean.append(box.to_model(p.clean) if seed % 2 else np.full((size, size), NO_TARGET))
         masks.append(np.stack([box.to_model(p.masks[s].astype(np.float32)) > 0.5
                                for s in STRUCTURES]))
         labels.append(int(p.abnormal))
@@ -103,10 +106,12 @@ def held_out_arrays(modality: str, seeds: Iterable[int], size: int) -> HeldOut:
     `evaluate` does. Chest: phantoms at their own sizes (1k-3k pixels), letterboxed as the
     Predictor does, and one tile of each on its own pixel grid (the bundle denoises in tiles
     there: a tile is smoother than a whole chest drawn at the model size). Doppler: the
-    training preparation, whose strips speckled on the model grid stand for the source."""
+    training preparation, whose strips speckled on the model grid stand for the source (the
+    denoiser is scored on those alone; `clean` is NaN for the others)."""
     if modality != "cxr":
         images, clean, masks, labels = phantom_arrays(modality, seeds, size)
-        return HeldOut(images, clean, masks, labels, images, clean)
+        tiles = np.isfinite(clean[:, 0, 0, 0])  # the strips speckled on the model grid
+        return HeldOut(images, clean, masks, labels, images[tiles], clean[tiles])
     rows: list[tuple[Any, ...]] = []
     for seed in seeds:
         p, noisy = chest_with_noise(seed)

@@ -27,8 +27,10 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def loss_terms(head: str, out: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
     """The weighted terms of one head's loss."""
     _, clean, masks, labels = batch
-    if head == "denoise":
-        return [WEIGHTS[head] * F.l1_loss(out, clean)]
+    if head == "denoise":  # L1 where there is a target (data.NO_TARGET: a whole image)
+        known = clean.isfinite()
+        error = (out - clean.nan_to_num()).abs() * known
+        return [WEIGHTS[head] * error.sum() / known.sum().clamp(min=1)]
     if head == "segment":
         return [WEIGHTS[head] * F.binary_cross_entropy_with_logits(out, masks),
                 WEIGHTS[head] * dice_loss(out, masks)]
