@@ -152,9 +152,10 @@ def compare_cmd(args: argparse.Namespace) -> int:
         print(_run_line(record))
     best = report["joint_to_gates"]
     print("joint fine-tuning against separate, to the same gates: " + (
-        f"{best['ratio']:.2f} of the separate models' compute ({best['run']}; goal <= 0.5), "
-        f"{best['ratio_with_pretraining']:.2f} with its pretraining"
-        if best else "not measured: a multi-task run or a separate model never met its gates"))
+        f"{'at most ' if best['upper_bound'] else ''}{best['ratio']:.2f} of the separate "
+        f"models' compute ({best['run']}; goal <= 0.5), {best['ratio_with_pretraining']:.2f} "
+        "with its pretraining" if best else
+        "not measured: no multi-task run met its gates, or no separate model ran"))
     print(f"report in {args.out / 'report' / 'report.md'}")
     return 0
 

@@ -306,7 +306,7 @@ def test_chest_validation_sees_phantoms_as_a_served_bundle_does() -> None:
 def test_joint_training_is_compared_with_the_separate_models_to_the_same_gates() -> None:
     def record(name: str, strategy: str, to_gates: float | None, pretrain: float = 0.0
                ) -> dict[str, Any]:
-        return {"name": name, "strategy": strategy, "tflop_to_gates": to_gates,
+        return {"name": name, "strategy": strategy, "tflop_to_gates": to_gates, "tflop": 10.0,
                 "pretrain_tflop": pretrain, "metrics": {}}
 
     separate = [record(f"separate-{h}", f"separate {h}", 4.0) for h in HEADS]
@@ -321,8 +321,13 @@ def test_joint_training_is_compared_with_the_separate_models_to_the_same_gates()
     scratch = joint_to_gates([r for r in runs if r["name"] != "frozen-joint"])
     assert scratch is not None and scratch["run"] == "scratch-joint"
     assert scratch["ratio"] == scratch["ratio_with_pretraining"] == pytest.approx(4.5 / 12)
-    assert joint_to_gates([*runs[:-1], record("separate-classify", "separate classify",
-                                              None)]) is None
+    assert not best["upper_bound"]
+    # a separate model that never met its gates counts its whole budget: the ratio is a bound
+    bounded = joint_to_gates([*runs[:-1], record("separate-classify", "separate classify",
+                                                 None)])
+    assert bounded is not None and bounded["upper_bound"]
+    assert bounded["ratio"] == pytest.approx(2 / (4 + 4 + 10))
+    assert joint_to_gates([r for r in runs if "joint" not in r["name"]]) is None
 
 
 def test_the_gates_are_the_issue_s_per_modality() -> None:

@@ -20,7 +20,7 @@ __all__ = ["STEPS", "VERSION", "build"]
 STEPS = 800
 # The bundles' model version is part of every output's UID: it changes whenever their weights
 # do, so that a study processed again by new weights gets new objects, not old UIDs.
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 
 def build(modality: str, out: Path, work: Path, *, steps: int) -> Path:
