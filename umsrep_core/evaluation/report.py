@@ -499,10 +499,11 @@ def _markdown(report: dict[str, Any]) -> str:
 def _best_line(best: dict[str, Any]) -> str:
     at_most = "at most " if best["upper_bound"] else ""
     line = (f"{at_most}**{best['ratio']:.2f}** ({best['run']}, {best['tflop']:.4g} TFLOP "
-            f"against {best['separate_tflop']:.4g}); with the unsupervised pretraining of its "
-            f"representation ({best['pretrain_tflop']:.4g} TFLOP, learned once per modality "
-            f"and shared by every fine-tuning of it): {at_most}"
-            f"{best['ratio_with_pretraining']:.2f}")
+            f"against {best['separate_tflop']:.4g})")
+    if best["pretrain_tflop"]:
+        line += (f"; with the unsupervised pretraining of its representation "
+                 f"({best['pretrain_tflop']:.4g} TFLOP, learned once per modality and shared "
+                 f"by every fine-tuning of it): {at_most}{best['ratio_with_pretraining']:.2f}")
     if best["upper_bound"]:
         line += (". A separate model never met its gates: its whole budget is counted, which "
                  "it would have had to exceed")
