@@ -10,7 +10,7 @@ batches an uninterrupted one would.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.us import region_box
 from umsrep_core.measure.chest import STRUCTURES
-from umsrep_core.phantoms.chest import chest_with_noise
+from umsrep_core.phantoms.chest import ChestPhantom, chest_with_noise
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
 
 __all__ = ["DENOISE_GRID", "LABELS", "NO_TARGET", "Batch", "HeldOut", "PhantomPool", "corrupt",
@@ -61,7 +61,7 @@ def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
     return (_planes(images), _planes(clean), _planes(masks), np.array(labels, np.int64))
 
 
-def _planes(planes: list[np.ndarray]) -> np.ndarray:
+def _planes(planes: Sequence[np.ndarray]) -> np.ndarray:
     """(N, 1, H, W) float32 with the strides of a fresh array: a channel axis added by
     indexing has strides torch takes for channels-last, which rounds convolutions otherwise,
     so a resumed run (its pool copied back from a checkpoint) would drift from a whole one."""
@@ -76,11 +76,15 @@ def chest_arrays(seeds: Iterable[int], size: int) -> Arrays:
         box = Letterbox.fit(noisy.shape, size)
         images.append(box.to_model(noisy))
         clean.append(box.to_model(p.clean) if seed % 2 else np.full((size, size), NO_TARGET))
-        masks.append(np.stack([box.to_model(p.masks[s].astype(np.float32)) > 0.5
-                               for s in STRUCTURES]))
+        masks.append(_chest_masks(box, p))
         labels.append(int(p.abnormal))
-    return (_planes(images), _planes(clean), np.stack(masks).astype(np.float32),
-            np.array(labels, np.int64))
+    return _planes(images), _planes(clean), np.stack(masks), np.array(labels, np.int64)
+
+
+def _chest_masks(box: Letterbox, phantom: ChestPhantom) -> np.ndarray:
+    """(3, size, size) float32 0/1: the phantom's structures letterboxed."""
+    return np.stack([box.to_model(phantom.masks[s].astype(np.float32)) > 0.5
+                     for s in STRUCTURES]).astype(np.float32)
 
 
 def phantom_arrays(modality: str, seeds: Iterable[int], size: int) -> Arrays:
@@ -119,15 +123,12 @@ def held_out_arrays(modality: str, seeds: Iterable[int], size: int) -> HeldOut:
         h, w = noisy.shape
         rng = np.random.default_rng(seed)  # the tile, inside the middle half of the image
         y, x = (int(rng.integers(n // 4, 3 * n // 4 - size + 1)) for n in (h, w))
-        rows.append((box.to_model(noisy), box.to_model(p.clean),
-                     np.stack([box.to_model(p.masks[s].astype(np.float32)) > 0.5
-                               for s in STRUCTURES]).astype(np.float32),
-                     np.int64(p.abnormal), noisy[y:y + size, x:x + size],
+        rows.append((box.to_model(noisy), box.to_model(p.clean), _chest_masks(box, p),
+                     int(p.abnormal), noisy[y:y + size, x:x + size],
                      p.clean[y:y + size, x:x + size]))
-    images, clean, masks, labels, noisy, clean_tiles = (np.stack(a)
-                                                         for a in zip(*rows, strict=True))
-    return HeldOut(images[:, None], clean[:, None], masks, labels, noisy[:, None],
-                   clean_tiles[:, None])
+    shown, truth, structures, abnormal, noisy_tiles, clean_tiles = zip(*rows, strict=True)
+    return HeldOut(_planes(shown), _planes(truth), np.stack(structures),
+                   np.array(abnormal, np.int64), _planes(noisy_tiles), _planes(clean_tiles))
 
 
 class PhantomPool:
