@@ -6,7 +6,9 @@ task name in a bounded pool of its own threads. Handlers are registered as entry
 in the group `umsrep.handlers` (the workers package provides `umsrep.process_study`).
 
 Both paths end a job alike (`run_job`): an error that may pass (`is_transient`) is tried
-again while tries are left, any other error fails the job at once with its reason.
+again while tries are left, any other error fails the job at once with its reason. A job whose
+tries keep dying with their process (a study that crashes or exhausts its worker) is failed
+after LOST_TRIES of them, not handed from worker to worker for ever.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "umsrep.process_study"
 HANDLER_GROUP = "umsrep.handlers"
+
+# Tries of one job that may die with their process (a worker killed, out of memory, the node
+# stopped) before the job is failed instead of tried again.
+LOST_TRIES = 3
 
 # handler(journal, config, study_key, route): the journal and config of the process running
 # it, the node's (embedded pool) or the worker's.
@@ -62,6 +68,10 @@ def is_transient(exc: BaseException) -> bool:
                for c in type(exc).__mro__)
 
 
+class TriesLost(UmsrepError):
+    """A job's earlier tries died with their process, LOST_TRIES times."""
+
+
 class Dispatcher(Protocol):
     def dispatch(self, study_key: str, route: str, queue: str) -> None: ...
 
@@ -81,7 +91,8 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
     paths); returns the job's outcome (done, skipped, failed), None if it had already ended.
 
     A job already finished is not run again: a message sent twice (see redispatch) or
-    redelivered after a worker died costs nothing. A transient error with tries left is noted
+    redelivered after a worker died costs nothing; one whose last LOST_TRIES tries died
+    unfinished is failed (TriesLost). A transient error with tries left is noted
     in the journal and raised as TransientError for the caller to try again later; the job
     is not ended meanwhile. Any other error, or one on the last try, fails the job.
     """
@@ -91,6 +102,11 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
         if finished:
             log.info("study %s: job %s already %s", study_key, route, finished[0]["state"])
             return None
+        lost = journal.lost_tries(study_key, route)
+        if lost >= LOST_TRIES:
+            raise TriesLost(f"{lost} tries died with their process before they ended (a "
+                            "worker killed or out of memory, the node stopped): not tried "
+                            "again")
         journal.start_job(study_key, route)
         log.info("study %s: job %s started (try %d of %d)", study_key, route, attempt, attempts)
         if handler is None:

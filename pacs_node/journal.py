@@ -352,6 +352,19 @@ class Journal:
                 "UPDATE jobs SET state = 'queued', dispatched_at = NULL, started_at = NULL "
                 "WHERE state IN ('queued', 'processing')").rowcount
 
+    def lost_tries(self, key: str, route: str) -> int:
+        """Tries of a job that started and never ended: no outcome and no retry noted after
+        them (their process died). Read from the events that start_job, finish_job and
+        retries write ("job ROUTE started", "job ROUTE done", "job ROUTE try 1 of 9...")."""
+        lost, running = 0, False
+        for event in self.events(key):
+            detail = event["detail"] or ""
+            if detail == f"job {route} started":
+                lost, running = lost + running, True
+            elif detail.startswith(f"job {route} "):
+                running = False
+        return lost + running
+
     def start_job(self, key: str, route: str) -> None:
         now = time.time()
         with self._tx() as db:

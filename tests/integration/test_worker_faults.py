@@ -1,5 +1,6 @@
 """Faults around the Celery worker: transient errors retried with backoff, permanent ones
-failed once, a worker child killed mid-task, and the worker's Prometheus metrics.
+failed once, a worker child killed mid-task, a study that kills every worker that takes it,
+and the worker's Prometheus metrics.
 
 The jobs' try logic (`run_job`) first with the journal alone, then through a real node, a
 redis-server of the test's own and real `celery -A workers.app worker` processes.
@@ -23,7 +24,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacs_node import samples
-from pacs_node.dispatch import run_job
+from pacs_node.dispatch import LOST_TRIES, run_job
 from pacs_node.journal import Journal, journal_path
 from tests.conftest import ServedNode, free_port, storescu, wait_until
 from tests.integration import test_celery
@@ -89,6 +90,35 @@ def test_a_permanent_error_fails_the_job_on_its_first_try(job: tuple[Journal, st
                    attempt=1, attempts=3) == "failed"
     assert journal.jobs(key)[0]["error"] == "InferenceError: cannot decode pixel data"
     assert "retry" not in states(journal, key)
+
+
+def test_a_job_whose_tries_die_unfinished_is_failed_not_tried_for_ever(
+        job: tuple[Journal, str]) -> None:
+    journal, key = job
+
+    def disk_full(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def dies(*_: Any) -> None:
+        raise KeyboardInterrupt  # the process ends mid-try: nothing after the start is noted
+
+    with pytest.raises(TransientError):
+        run_job(journal, None, key, "chest", disk_full,  # type: ignore[arg-type]
+                attempt=1, attempts=3)
+    assert journal.lost_tries(key, "chest") == 0  # a try that ended with a retry noted
+    for lost in range(1, LOST_TRIES + 1):
+        with pytest.raises(KeyboardInterrupt):
+            run_job(journal, None, key, "chest", dies)  # type: ignore[arg-type]
+        assert journal.lost_tries(key, "chest") == lost
+    handled: list[str] = []
+    assert run_job(journal, None, key, "chest",
+                   lambda *args: handled.append(args[2])) == "failed"  # type: ignore[arg-type]
+    assert handled == []  # not tried a fourth time
+    [job_row] = journal.jobs(key)
+    assert job_row["error"] == ("TriesLost: 3 tries died with their process before they ended "
+                                "(a worker killed or out of memory, the node stopped): not "
+                                "tried again")
+    assert journal.study(key).state == "failed"  # type: ignore[union-attr]
 
 
 # --- through a real worker --------------------------------------------------------------------
@@ -238,3 +268,27 @@ def test_a_killed_worker_child_gives_the_task_back_and_the_study_is_done_once(
     assert len(journal.outbox(key)) == 8  # SEG and SR of 4 images: one set
     wait_until(lambda: len(outputs(node.data_dir)) == 8)  # delivered by the node
     assert proc.poll() is None  # the worker itself lives on
+
+
+@pytest.mark.slow
+def test_a_study_that_kills_every_worker_child_is_failed_after_three(
+        site: Site, worker: Any, tmp_path: Path) -> None:
+    node, journal = site.node, site.journal
+    proc = worker(node.config_path)
+    files = samples.write_study(tmp_path / "cr", "cr", 25, rows=256, columns=256)
+    assert storescu(node.port, files).returncode == 0
+    key = wait_until(lambda: [j["study_key"] for j in journal.jobs()], timeout=60)[0]
+    for tries in range(1, LOST_TRIES + 1):  # each try killed, as a crashing study would
+        wait_until(lambda n=tries: states(journal, key).count("processing") == n,
+                   timeout=120, interval=0.02)
+        with journal_locked(node.data_dir):  # the try cannot end before its child dies
+            [child] = wait_until(lambda: children(proc.pid), timeout=60)
+            os.kill(child, signal.SIGKILL)
+            wait_until(lambda c=child: c not in children(proc.pid))
+    wait_until(lambda: settled(journal, 1), timeout=120)
+    timeline = [s for s in states(journal, key) if s in ("processing", "done", "failed")]
+    assert timeline == ["processing"] * LOST_TRIES + ["failed"]
+    assert journal.jobs(key)[0]["error"].startswith(f"TriesLost: {LOST_TRIES} tries died")
+    assert journal.outbox(key) == []
+    assert site.redis.llen("cxr") == 0  # nothing left to hand to the next worker
+    assert proc.poll() is None
