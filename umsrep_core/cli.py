@@ -205,11 +205,13 @@ def predict_cmd(args: argparse.Namespace) -> int:
             except (InvalidDicomError, OSError) as exc:
                 raise InferenceError(f"{path}: not a readable DICOM file or image ({exc})"
                                      ) from exc
-            predictions, images = predictor.predict_dicom(ds, heads=heads), read_frames(ds)
-        for frame, (prediction, image) in enumerate(zip(predictions, images, strict=True)):
+            predictions = predictor.predict_dicom(ds, heads=heads)
+            # The frames again, for the PNGs only: the Predictor keeps no pixels it has read.
+            images = read_frames(ds) if args.out is not None else []
+        for frame, prediction in enumerate(predictions):
             if args.out is not None:
                 stem = path.stem if len(predictions) == 1 else f"{path.stem}_f{frame + 1}"
-                _write_pngs(args.out, stem, image, prediction)
+                _write_pngs(args.out, stem, images[frame], prediction)
             results.append({"file": str(path), "frame": frame + 1, **prediction.to_json()})
     if args.json:
         print(json.dumps(results, indent=2))
