@@ -91,10 +91,10 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
     paths); returns the job's outcome (done, skipped, failed), None if it had already ended.
 
     A job already finished is not run again: a message sent twice (see redispatch) or
-    redelivered after a worker died costs nothing; one whose last LOST_TRIES tries died
-    unfinished is failed (TriesLost). A transient error with tries left is noted
-    in the journal and raised as TransientError for the caller to try again later; the job
-    is not ended meanwhile. Any other error, or one on the last try, fails the job.
+    redelivered after a worker died costs nothing; one whose tries died unfinished
+    LOST_TRIES times is failed (TriesLost). A transient error with tries left is noted in the
+    journal and raised as TransientError for the caller to try again later; the job is not
+    ended meanwhile. Any other error, or one on the last try, fails the job.
     """
     try:
         finished = [j for j in journal.jobs(study_key)
