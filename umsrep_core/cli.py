@@ -86,9 +86,6 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                "single-task models: train every run, report metrics and compute", bundle=False)
     training(p, 400, "a directory for the runs and the report (rerun the command to resume)")
     p.add_argument("--pretrain-steps", type=int, help="default: --steps")
-    p.add_argument("--separate-steps", type=int,
-                   help="the separate models' budget (default: --steps); longer, it measures "
-                        "the compute of one that misses its gates within --steps")
     p.add_argument("--n", type=int, default=20, help="evaluation cases (default 20)")
     p.add_argument("--runs", dest="only", type=lambda text: text.split(","),
                    help="comma-separated runs of the grid to train (default all): "
@@ -148,8 +145,7 @@ def compare_cmd(args: argparse.Namespace) -> int:
     from umsrep_core.training.compare import compare  # noqa: PLC0415
 
     report = compare(args.modality, args.out, steps=args.steps,
-                     pretrain_steps=args.pretrain_steps,
-                     separate_steps=args.separate_steps, n=args.n, device=args.device,
+                     pretrain_steps=args.pretrain_steps, n=args.n, device=args.device,
                      only=args.only, batch=args.batch, image_size=args.size,
                      model=_model(args))
     for record in report["records"]:

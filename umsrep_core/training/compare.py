@@ -3,14 +3,12 @@
 One unsupervised pretraining run; on its encoder, the task heads fine-tuned with the encoder
 frozen, partly unfrozen or fully fine-tuned, heads joint or sequential; a multi-task model from
 scratch; and one single-task model per head from scratch (the separate models), each with the
-fine-tuning's step budget or a budget of their own (`separate_steps`: a separate model that
-misses its gates within the fine-tuning's budget says only that it needs more compute than
-that; a longer budget measures how much more). Every run is resumable: running the command
-again continues where it stopped and skips what has finished; `only` trains a part of the grid
-(the pretraining comes along where a chosen run needs it). The fully fine-tuned joint model
-(without it, the one from scratch) is exported as a bundle and evaluated, and the report
-tabulates every run's validation metrics and training compute against the separate models', to
-the end of the budget and to the first validation that met its gates.
+fine-tuning's step budget. Every run is resumable: running the command again continues
+where it stopped and skips what has finished; `only` trains a part of the grid (the pretraining
+comes along where a chosen run needs it). The fully fine-tuned joint model (without it, the one
+from scratch) is exported as a bundle and evaluated, and the report tabulates every run's
+validation metrics and training compute against the separate models', to the end of the
+budget and to the first validation that met its gates.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ __all__ = ["compare", "grid"]
 
 
 def grid(modality: str, root: Path, *, steps: int, pretrain_steps: int,
-         separate_steps: int | None = None, **common: Any) -> dict[str, RunSpec]:
+         **common: Any) -> dict[str, RunSpec]:
     """Run directory name -> spec, in the order they must run (pretrain first)."""
     pretrain = root / "pretrain"
     runs = {"pretrain": RunSpec(modality, stage="pretrain", heads=("denoise",),
@@ -45,23 +43,21 @@ def grid(modality: str, root: Path, *, steps: int, pretrain_steps: int,
                 steps=steps, **common)
     runs["scratch-joint"] = RunSpec(modality, steps=steps, **common)
     for head in HEADS:
-        runs[f"separate-{head}"] = RunSpec(modality, heads=(head,),
-                                           steps=separate_steps or steps, **common)
+        runs[f"separate-{head}"] = RunSpec(modality, heads=(head,), steps=steps, **common)
     return runs
 
 
 def compare(modality: str, out: Path, *, steps: int, pretrain_steps: int | None = None,
-            separate_steps: int | None = None, n: int = 20, device: str | None = None,
-            progress: bool = True, eval_size: int | None = None,
-            only: Sequence[str] | None = None, **common: Any) -> dict[str, Any]:
+            n: int = 20, device: str | None = None, progress: bool = True,
+            eval_size: int | None = None, only: Sequence[str] | None = None,
+            **common: Any) -> dict[str, Any]:
     """Train (or resume) the runs of the grid under `out` (`only`: those named), export
     `full-joint` (or `scratch-joint`) to out/bundle and write the evaluation report with the
     strategy table to out/report."""
     from umsrep_core.evaluation.report import evaluate  # noqa: PLC0415 - matplotlib & co
     from umsrep_core.models.bundle import load_bundle  # noqa: PLC0415
 
-    runs = grid(modality, out, steps=steps, pretrain_steps=pretrain_steps or steps,
-                separate_steps=separate_steps, **common)
+    runs = grid(modality, out, steps=steps, pretrain_steps=pretrain_steps or steps, **common)
     if only is not None:
         unknown = sorted(set(only) - set(runs))
         if unknown:
