@@ -445,7 +445,7 @@ def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
     left.set(yticks=y, yticklabels=[r["strategy"] for r in runs], xlabel="training compute "
              "(FLOP) / the three separate models'", title="compute")
     left.invert_yaxis()
-    left.legend(fontsize=7)
+    left.legend(ncol=2, **_below(left))
     width = 0.8 / max(1, len(metrics))
     for k, name in enumerate(metrics):
         scale = 10.0 if name == "psnr_gain_db" else 1.0  # dB next to scores in [0, 1]
@@ -453,8 +453,17 @@ def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
         right.barh(y + (k - (len(metrics) - 1) / 2) * width, values, height=width,
                    label=f"{name} / 10" if scale != 1 else name)
     right.set(xlabel="validation score", title="held-out phantoms, model grid")
-    right.legend(fontsize=7)
+    right.legend(ncol=3, **_below(right))
     return _save(fig, path)
+
+
+def _below(ax: Any) -> dict[str, Any]:
+    """Legend placement under an axes' x label (36 points down), off the bars it would hide."""
+    from matplotlib.transforms import ScaledTranslation  # noqa: PLC0415 - with the plots
+
+    drop = ScaledTranslation(0, -36 / 72, ax.figure.dpi_scale_trans)
+    return {"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, 0),
+            "bbox_transform": ax.transAxes + drop}
 
 
 def _finite(value: Any) -> Any:
