@@ -58,6 +58,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         p.add_argument("--batch", type=int, default=16)
         p.add_argument("--size", type=int, default=128, help="model input size (default 128)")
         p.add_argument("--width", type=int, help="encoder width (default 20; wider on a GPU)")
+        p.add_argument("--val", type=int, help="held-out phantoms validated every 100 steps "
+                       "(default 256 radiographs, 64 Doppler strips)")
 
     def run(p: argparse.ArgumentParser) -> None:
         training(p, 800, "the run directory")
@@ -135,7 +137,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         init=str(args.init) if finetune and args.init else None, steps=args.steps,
         batch=args.batch, image_size=args.size, seed=args.seed,
         model=_model(args))
-    record = train(spec, args.out, resume=args.resume, device=args.device)
+    record = train(spec, args.out, resume=args.resume, device=args.device, val=args.val)
     assert record is not None  # only a test's stop_after ends a run early
     print(_run_line(record))
     return 0
@@ -146,7 +148,7 @@ def compare_cmd(args: argparse.Namespace) -> int:
 
     report = compare(args.modality, args.out, steps=args.steps,
                      pretrain_steps=args.pretrain_steps, n=args.n, device=args.device,
-                     only=args.only, batch=args.batch, image_size=args.size,
+                     only=args.only, val=args.val, batch=args.batch, image_size=args.size,
                      model=_model(args))
     for record in report["records"]:
         print(_run_line(record))

@@ -162,7 +162,7 @@ def test_bench_command_and_keys(bundles: dict[str, Path],
 def test_pretrain_finetune_export_and_evaluate_with_runs(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
-    tiny = ["--steps", "3", "--batch", "2", "--size", "64", "--width", "4"]
+    tiny = ["--steps", "3", "--batch", "2", "--size", "64", "--width", "4", "--val", "2"]
     pre, fine = tmp_path / "pre", tmp_path / "fine"
     assert run("pretrain", "--modality", "cxr", "--out", str(pre), *tiny) == 0
     assert run("finetune", "--modality", "cxr", "--out", str(fine), "--init", str(pre),
@@ -182,7 +182,8 @@ def test_pretrain_finetune_export_and_evaluate_with_runs(tmp_path: Path,
 
 
 def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tiny = ("--steps", "2", "--batch", "2", "--size", "64", "--width", "4", "--n", "1")
+    tiny = ("--steps", "2", "--batch", "2", "--size", "64", "--width", "4", "--n", "1",
+            "--val", "2")
     assert run("compare", "--modality", "echo_doppler", "--out", str(tmp_path), *tiny,
                "--runs", "frozen-joint,scratch-joint,separate-classify") == 0
     out = capsys.readouterr().out

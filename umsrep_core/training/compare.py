@@ -50,7 +50,7 @@ def grid(modality: str, root: Path, *, steps: int, pretrain_steps: int,
 def compare(modality: str, out: Path, *, steps: int, pretrain_steps: int | None = None,
             n: int = 20, device: str | None = None, progress: bool = True,
             eval_size: int | None = None, only: Sequence[str] | None = None,
-            **common: Any) -> dict[str, Any]:
+            val: int | None = None, **common: Any) -> dict[str, Any]:
     """Train (or resume) the runs of the grid under `out` (`only`: those named), export
     `full-joint` (or `scratch-joint`) to out/bundle and write the evaluation report with the
     strategy table to out/report."""
@@ -71,7 +71,7 @@ def compare(modality: str, out: Path, *, steps: int, pretrain_steps: int | None 
                             "nothing multi-task to export and evaluate")
     records = []
     for name, spec in runs.items():
-        train(spec, out / name, resume=True, device=device, progress=progress)
+        train(spec, out / name, resume=True, device=device, progress=progress, val=val)
         records.append(load_record(out / name))
     bundle = export(out / served, out / "bundle", name=f"{modality}-{served}")
     return evaluate(load_bundle(bundle), out=out / "report", n=n,

@@ -175,8 +175,7 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
 
 def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None = None,
           progress: bool = True, save_every: int = 100, val: int | None = None,
-          val_every: int = 100,
-          stop_after: int | None = None) -> dict[str, Any] | None:
+          val_every: int = 100, stop_after: int | None = None) -> dict[str, Any] | None:
     """Run `spec` in directory `out`; returns its record, or None when `stop_after` steps (a
     test's interruption) ended it early with a checkpoint to resume from. `val`: held-out
     phantoms to validate on (default VALIDATION_PHANTOMS of the modality)."""
