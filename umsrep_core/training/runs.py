@@ -22,6 +22,7 @@ its heads gives the compute it took to reach them (`gates_step`, `tflop_to_gates
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import os
@@ -203,9 +204,8 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         pretext.set_state(saved["pretext_rng"])
         torch.set_rng_state(saved["torch_rng"])
         state = {k: saved[k] for k in state}
-    n_val = VALIDATION_PHANTOMS[spec.modality] if val is None else val
-    held_out = held_out_arrays(spec.modality, range(VALIDATION_SEED, VALIDATION_SEED + n_val),
-                               spec.image_size)
+    held_out = _validation_set(spec.modality, VALIDATION_PHANTOMS[spec.modality]
+                               if val is None else val, spec.image_size)
     start = state["step"]
     schedule = _schedule(optimiser, spec, phases, start, saved)
 
@@ -329,6 +329,13 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
 
 
 # --- internals ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _validation_set(modality: str, n: int, size: int) -> HeldOut:
+    """The first `n` validation phantoms, built once per process: the runs of a comparison
+    all validate on them, and 256 radiographs at their own sizes take minutes to draw."""
+    return held_out_arrays(modality, range(VALIDATION_SEED, VALIDATION_SEED + n), size)
 
 
 def _claim(spec: RunSpec, out: Path, resume: bool) -> None:
