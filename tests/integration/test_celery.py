@@ -29,8 +29,10 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 
 def config_with(tmp_path: Path, name: str, broker: bool) -> dict[str, Any]:
     bundle = tiny_bundle(tmp_path / "bundles", "cxr")
-    raw = node_config(tmp_path / name, 0, routing={"quiet_seconds": 0.5, "rules": [
-        {"name": "chest", "match": {"modality": ["CR"]},
+    # Complete on release, not on a quiet period: on a loaded machine a pause between two
+    # C-STOREs would split the study into two versions, two tasks.
+    raw = node_config(tmp_path / name, 0, routing={"quiet_seconds": 60, "rules": [
+        {"name": "chest", "match": {"modality": ["CR"]}, "complete_on_release": True,
          "process": {"pipeline": "cxr", "bundle": str(bundle), "destinations": ["results"]}}]})
     if broker:
         raw["broker"] = {"url": REDIS_URL}
@@ -97,6 +99,7 @@ def test_celery_worker_processes_the_study_like_the_embedded_pool(
     assert "INFER s" in node.umsrep("studies", "--data-dir", str(node.data_dir)).stdout
 
     tasks = wait_until(lambda: flower_tasks(flower_port), timeout=30)
+    assert len(tasks) == 1, tasks
     [task] = tasks.values()
     assert task["name"] == "umsrep.process_study" and task["state"] == "SUCCESS"
     assert listed[0]["study_key"] in task["args"] and "chest" in task["args"]
