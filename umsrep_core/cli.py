@@ -88,6 +88,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                "single-task models: train every run, report metrics and compute", bundle=False)
     training(p, 400, "a directory for the runs and the report (rerun the command to resume)")
     p.add_argument("--pretrain-steps", type=int, help="default: --steps")
+    p.add_argument("--seed", type=int, default=0, help="every run's seed (default 0)")
     p.add_argument("--n", type=int, default=20, help="evaluation cases (default 20)")
     p.add_argument("--runs", dest="only", type=lambda text: text.split(","),
                    help="comma-separated runs of the grid to train (default all): "
@@ -149,7 +150,7 @@ def compare_cmd(args: argparse.Namespace) -> int:
     report = compare(args.modality, args.out, steps=args.steps,
                      pretrain_steps=args.pretrain_steps, n=args.n, device=args.device,
                      only=args.only, val=args.val, batch=args.batch, image_size=args.size,
-                     model=_model(args))
+                     seed=args.seed, model=_model(args))
     for record in report["records"]:
         print(_run_line(record))
     best = report["joint_to_gates"]

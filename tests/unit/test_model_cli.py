@@ -185,7 +185,7 @@ def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     tiny = ("--steps", "2", "--batch", "2", "--size", "64", "--width", "4", "--n", "1",
             "--val", "2")
     assert run("compare", "--modality", "echo_doppler", "--out", str(tmp_path), *tiny,
-               "--runs", "frozen-joint,scratch-joint,separate-classify") == 0
+               "--runs", "frozen-joint,scratch-joint,separate-classify", "--seed", "3") == 0
     out = capsys.readouterr().out
     assert "separate-classify: separate classify, 2 steps" in out
     # 2 steps: never
@@ -194,6 +194,8 @@ def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bundle", "frozen-joint", "pretrain", "report", "scratch-joint", "separate-classify"]
     assert "scratch-joint" in (tmp_path / "bundle" / "manifest.json").read_text()
+    assert {json.loads((tmp_path / run / "spec.json").read_text())["seed"]
+            for run in ("pretrain", "frozen-joint", "separate-classify")} == {3}
     with pytest.raises(TrainingError, match="no run separate-measure in the grid"):
         run("compare", "--modality", "cxr", "--out", str(tmp_path / "x"), *tiny,
             "--runs", "separate-measure")
