@@ -334,9 +334,10 @@ def _lung_point(rng: np.random.Generator, f: _Frame, lungs: Array) -> tuple[floa
 
 def _blob(rng: np.random.Generator, f: _Frame, density: Array, centre: tuple[float, float],
           mass: bool) -> None:
-    """A nodule (small, round) or a mass (larger, lobulated): a dense sphere-like opacity."""
+    """A nodule (round, 1-3 cm across) or a mass (lobulated, over 3 cm): a dense sphere-like
+    opacity, sized as radiology names them (the scale puts about 17 cm in a unit)."""
     px, py = centre
-    r0 = rng.uniform(0.07, 0.13) if mass else rng.uniform(0.025, 0.05)
+    r0 = rng.uniform(0.09, 0.15) if mass else rng.uniform(0.03, 0.09)
     amp = rng.uniform(0.2, 0.3) if mass else rng.uniform(0.12, 0.2)
     lob = F32(0.15 if mass else 0.0)
     phases = rng.uniform(0, 2 * np.pi, 2).astype(F32)
