@@ -100,13 +100,15 @@ def test_evaluate_command_writes_the_report(bundles: dict[str, Path], tmp_path: 
                                                       "peak_velocity_rel_error"}
 
 
-def test_evaluate_chest_with_records(bundles: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_chest_with_records(bundles: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     records = [{"name": "joint", "strategy": "full", "losses": [1.0, 0.5, 0.3], "seconds": 20.0,
                 "steps": 30, "metrics": {"dice_heart": 0.9}},
                {"name": "three separate", "strategy": "separate", "losses": [1.0, 0.8],
                 "seconds": 60.0, "steps": 90, "metrics": {}}]
     report = evaluate(load_bundle(bundles["cxr"]), out=tmp_path, n=3, size=96,
                       records=records)
+    assert "evaluate cxr: 100%" in capsys.readouterr().err  # the progress bar, case by case
     assert set(report["metrics"]["dice"]) == set(LABELS["cxr"][0])
     for key in ("psnr_gain_db", "ssim_gain", "auc", "ctr_unmeasured"):
         assert key in report["metrics"]

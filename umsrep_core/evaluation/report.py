@@ -22,6 +22,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
+from tqdm import tqdm
 
 from umsrep_core.errors import InferenceError
 from umsrep_core.evaluation.metrics import (
@@ -70,7 +71,8 @@ class _Case:
 
 def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEED,
              data_dir: Path | None = None, records: Sequence[dict[str, Any]] | None = None,
-             size: int | None = None, device: str | None = None) -> dict[str, Any]:
+             size: int | None = None, device: str | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Score `bundle` on `n` cases and write out/report.md, out/report.json and PNG plots.
 
     `data_dir`: a real data set folder (umsrep_core.data.open_dataset) instead of phantoms;
@@ -82,12 +84,14 @@ def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEE
     predictor = Predictor(bundle, device=device)
     modality = bundle.modality
     if data_dir is not None:
-        cases = list(_dataset_cases(predictor, data_dir, n))
-        source = f"data set {data_dir} ({len(cases)} images)"
+        made = _dataset_cases(predictor, data_dir, n)
     else:
-        make = _chest_cases if modality == "cxr" else _doppler_cases
-        cases = list(make(predictor, n, seed, size))
-        source = f"held-out phantoms, seeds {seed}..{seed + n - 1}"
+        made = (_chest_cases if modality == "cxr" else _doppler_cases)(predictor, n, seed, size)
+    # a chest case at its own 1k-3k pixels, denoised in tiles, takes seconds
+    cases = list(tqdm(made, total=n, desc=f"evaluate {modality}", unit="case",
+                      disable=not progress))
+    source = (f"data set {data_dir} ({len(cases)} images)" if data_dir is not None
+              else f"held-out phantoms, seeds {seed}..{seed + n - 1}")
     if not cases:
         raise InferenceError(f"nothing to evaluate in {source}")
     metrics, curves = _aggregate(cases, predictor)

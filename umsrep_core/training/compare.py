@@ -75,4 +75,4 @@ def compare(modality: str, out: Path, *, steps: int, pretrain_steps: int | None 
         records.append(load_record(out / name))
     bundle = export(out / served, out / "bundle", name=f"{modality}-{served}")
     return evaluate(load_bundle(bundle), out=out / "report", n=n,
-                    records=records, size=eval_size, device=device)
+                    records=records, size=eval_size, device=device, progress=progress)
