@@ -1,7 +1,7 @@
 """Synthetic PA chest radiographs with exact ground truth (numpy only, deterministic by seed).
 
 Geometry. Anatomy is drawn in patient coordinates (x towards the image right, i.e. the
-patient's left in a PA view; y downwards; one unit is about 20 cm), rotated by a few degrees
+patient's left in a PA view; y downwards; one unit is about 17 cm), rotated by a few degrees
 and scaled onto the pixel grid. Each lung is an ellipse cut medially by the mediastinum and
 below by its diaphragm dome; the heart is a tilted ellipse sitting on the diaphragm.
 
@@ -335,7 +335,7 @@ def _lung_point(rng: np.random.Generator, f: _Frame, lungs: Array) -> tuple[floa
 def _blob(rng: np.random.Generator, f: _Frame, density: Array, centre: tuple[float, float],
           mass: bool) -> None:
     """A nodule (round, 1-3 cm across) or a mass (lobulated, over 3 cm): a dense sphere-like
-    opacity, sized as radiology names them (the scale puts about 17 cm in a unit)."""
+    opacity, sized as radiology names them (r0: a radius in units, see Geometry)."""
     px, py = centre
     r0 = rng.uniform(0.09, 0.15) if mass else rng.uniform(0.03, 0.09)
     amp = rng.uniform(0.2, 0.3) if mass else rng.uniform(0.12, 0.2)
