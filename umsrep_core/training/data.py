@@ -124,8 +124,8 @@ def held_out_arrays(modality: str, seeds: Iterable[int], size: int) -> HeldOut:
         rng = np.random.default_rng(seed)  # the tile, inside the middle half of the image
         y, x = (int(rng.integers(n // 4, 3 * n // 4 - size + 1)) for n in (h, w))
         rows.append((box.to_model(noisy), box.to_model(p.clean), _chest_masks(box, p),
-                     int(p.abnormal), noisy[y:y + size, x:x + size],
-                     p.clean[y:y + size, x:x + size]))
+                     int(p.abnormal), noisy[y:y + size, x:x + size].copy(),  # not views: each
+                     p.clean[y:y + size, x:x + size].copy()))  # would hold its whole image
     shown, truth, structures, abnormal, noisy_tiles, clean_tiles = zip(*rows, strict=True)
     return HeldOut(_planes(shown), _planes(truth), np.stack(structures),
                    np.array(abnormal, np.int64), _planes(noisy_tiles), _planes(clean_tiles))
