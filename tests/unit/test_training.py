@@ -3,6 +3,7 @@ strategies, exact resumption, training compute, export to a bundle that serves, 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.us import region_box
 from umsrep_core.inference import Predictor
 from umsrep_core.models.bundle import load_bundle
-from umsrep_core.models.umsrep import HEADS, UMSRep
+from umsrep_core.models.umsrep import HEADS, UMSRep, set_trainable
 from umsrep_core.training.compare import compare
 from umsrep_core.training.data import (
     LABELS,
@@ -34,6 +35,7 @@ from umsrep_core.training.runs import (
     export,
     gates_met,
     load_record,
+    refresh_batchnorm,
     run_model,
     train,
     validate,
@@ -139,13 +141,13 @@ def test_the_pretext_hides_pixels_behind_their_neighbours_and_marks_them() -> No
 
 
 def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> None:
-    spec = tiny(steps=25)
+    spec = tiny(steps=40)
     images, clean, masks, labels = (torch.from_numpy(a) for a in
                                     phantom_arrays("cxr", range(900, 916), 64))
     torch.manual_seed(0)  # as train() starts
     untrained = UMSRep(spec.config()).eval()
     record = train(spec, tmp_path / "run", progress=False, val=4)
-    assert record is not None and record["steps"] == 25 and len(record["losses"]) == 25
+    assert record is not None and record["steps"] == 40 and len(record["losses"]) == 40
     model, _ = run_model(tmp_path / "run")
     batch = (images, clean, masks, labels)
     with torch.no_grad():
@@ -153,7 +155,7 @@ def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> No
         after = multitask_loss(model(images), batch).item()
     assert after < 0.9 * before
     bundle = load_bundle(export(tmp_path / "run", tmp_path / "bundle", name="tiny"))
-    assert "scratch joint, 25 steps" in bundle.manifest["training_data"]
+    assert "scratch joint, 40 steps" in bundle.manifest["training_data"]
     [prediction] = Predictor(bundle, device="cpu").predict_batch([images[0, 0].numpy()])
     seg, classes = LABELS["cxr"]
     assert set(prediction.masks) == set(seg) and prediction.label in classes
@@ -272,7 +274,50 @@ def test_the_compute_to_reach_the_gates_is_the_first_validation_that_meets_them(
     monkeypatch.setitem(runs.QUALITY_GATES, "cxr", {"dice.heart": (">=", 0.0)})
     met = train(spec, tmp_path / "met", progress=False, val=4, val_every=2)
     assert met is not None and met["gates_step"] == 2
-    assert met["tflop_to_gates"] == pytest.approx(met["tflop"] * 2 / 6)
+    # two steps and one batch-norm refresh, of six and three (validations at 2, 4 and 6)
+    assert met["tflop_to_gates"] == pytest.approx(met["tflop"] / 3)
+
+
+def test_validation_recomputes_the_batch_norms_of_a_copy_then_of_the_model_at_the_end(
+        pretrained: Path, tmp_path: Path) -> None:
+    spec = tiny(init=str(pretrained), strategy="frozen")
+    often = train(spec, tmp_path / "often", progress=False, val=4, val_every=2)
+    never = train(spec, tmp_path / "never", progress=False, val=4, val_every=100)
+    assert often is not None and never is not None and len(often["validations"]) == 3
+    assert often["losses"] == never["losses"]  # validating trains nothing
+    assert often["metrics"] == never["metrics"]
+    model, _ = run_model(tmp_path / "often")
+    assert all(torch.equal(a, b) for a, b in zip(weights(model).values(),
+                                                 weights(run_model(tmp_path / "never")[0]
+                                                         ).values(), strict=True))
+    # the finished model holds its final pool's statistics: recomputing them changes nothing
+    pool = PhantomPool("cxr", first=0, size=spec.pool, image_size=spec.image_size)
+    pool.load_state_dict(torch.load(tmp_path / "often" / "checkpoint.pt",
+                                    weights_only=True)["pool"])
+    again = copy.deepcopy(model)
+    set_trainable(again, "frozen")  # as the run had it: the encoder keeps pretrained statistics
+    refresh_batchnorm(again, pool.arrays[0], spec.batch)
+    for a, b in zip(weights(model).values(), weights(again).values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_precise_batch_norm_statistics_average_the_batches_and_spare_frozen_norms() -> None:
+    model = UMSRep(tiny().config())
+    set_trainable(model, "frozen")
+    frozen = model.encoder.blocks[0][0][1]
+    frozen.running_mean.fill_(0.5)
+    norm = model.heads["segment"].top[1]
+    seen: list[torch.Tensor] = []
+    norm.register_forward_hook(lambda _m, args, _out: seen.append(args[0].detach().clone()))
+    images = phantom_arrays("cxr", range(8), 64)[0]
+    refresh_batchnorm(model, images, 4)
+    assert len(seen) == 2 and norm.num_batches_tracked.item() == 2
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0)
+    variances = torch.stack([x.var((0, 2, 3)) for x in seen]).mean(0)  # unbiased, as BN keeps
+    torch.testing.assert_close(norm.running_mean, means)
+    torch.testing.assert_close(norm.running_var, variances)
+    assert norm.momentum == 0.1 and (frozen.running_mean == 0.5).all()
+    assert model.training and not frozen.training
 
 
 def test_validation_scores_a_structure_s_dice_where_the_image_has_it() -> None:

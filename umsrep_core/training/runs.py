@@ -15,8 +15,10 @@ exactly the steps an uninterrupted one would) and, once finished, record.json: t
 training compute (floating-point operations as torch counts them, which no other load on
 the machine changes, and seconds of optimisation, data generation excluded: every run needs the
 same phantoms) and the held-out validation metrics, which `umsrep model evaluate --runs` tabulates.
-A run is validated every `val_every` steps as well: the first validation that meets every gate of
-its heads gives the compute it took to reach them (`gates_step`, `tflop_to_gates`).
+A run is validated every `val_every` steps as well, a copy of the model with its batch norms'
+statistics recomputed over the pool (`refresh_batchnorm`; the model itself at the end, so that
+its export is what was scored): the first validation that meets every gate of its heads gives
+the compute it took to reach them (`gates_step`, `tflop_to_gates`, the refreshes counted).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
@@ -56,7 +59,7 @@ from umsrep_core.training.data import (
 from umsrep_core.training.losses import multitask_loss
 
 __all__ = ["SCHEDULES", "STAGES", "RunSpec", "TrainingError", "export", "gates_met",
-           "load_record", "run_model", "train", "validate"]
+           "load_record", "refresh_batchnorm", "run_model", "train", "validate"]
 
 STAGES = ("pretrain", "finetune")
 SCHEDULES = ("joint", "sequential")
@@ -219,15 +222,25 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     span_flops = [(first, end, _step_flops(model, spec, heads, dev))
                   for first, end, heads in _spans(spec, phases)]
 
-    def tflop_until(step: int) -> float:
-        return sum(flops * (min(end, step) - first) for first, end, flops in span_flops
-                   if first < step) / 1e12
+    # Each validation first recomputes the batch norms' statistics over the pool (forward
+    # passes of every head): compute that the model it scores took, counted with the steps.
+    refresh_tflop = _refresh_flops(model, spec, dev) * len(pool) / spec.batch / 1e12
 
-    def validation() -> dict[str, Any]:
+    def tflop_until(step: int) -> float:
+        refreshes = sum(1 for v in state["validations"] if v["step"] <= step)
+        return refreshes * refresh_tflop + sum(
+            flops * (min(end, step) - first) for first, end, flops in span_flops
+            if first < step) / 1e12
+
+    def validation(*, final: bool = False) -> dict[str, Any]:
         done = state["validations"]
         if done and done[-1]["step"] == state["step"]:  # resumed after the last one
             return dict(done[-1]["metrics"])
-        metrics = validate(model, spec, held_out, device=dev)
+        # Mid-run on a copy, so that how often a run is validated does not change its
+        # training; at the end on the model itself, so that its export is what was scored.
+        scored = model if final else copy.deepcopy(model)
+        refresh_batchnorm(scored, pool.arrays[0], spec.batch, dev)
+        metrics = validate(scored, spec, held_out, device=dev)
         done.append({"step": state["step"], "metrics": metrics})
         model.train()
         return metrics
@@ -260,7 +273,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     except KeyboardInterrupt:
         checkpoint()
         raise
-    metrics = validation()
+    metrics = validation(final=True)
     checkpoint()
     model.eval()
     reached = next((v["step"] for v in state["validations"] if v["metrics"]["gates_met"]),
@@ -282,6 +295,32 @@ def gates_met(modality: str, metrics: dict[str, Any]) -> bool:
     """Whether every metric that has a gate of the modality (issue 4's) reaches it."""
     gates = QUALITY_GATES[modality]
     return all(gate_passed(*gates[key], value) for key, value in metrics.items() if key in gates)
+
+
+def refresh_batchnorm(model: UMSRep, images: np.ndarray, batch: int,
+                      device: torch.device | str = "cpu") -> None:
+    """Recompute the running statistics of the batch norms that train, as the plain mean of
+    their batch statistics over `images` (the training pool) in batches of `batch`, every
+    head run, with the weights as they are ("precise BN"). The running averages trail the
+    weights: at the fine-tuning's peak learning rate, a chest joint model validated with them
+    scored heart Dice 0.46 and AUC 0.50 at step 300, with recomputed ones 0.91 and 0.85."""
+    model.train()  # frozen norms stay in eval mode (UMSRep.train) and keep their statistics
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.training]
+    if not norms:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts the same
+    with torch.no_grad():
+        for chunk in np.split(images, range(batch, len(images), batch)):
+            model(torch.from_numpy(chunk).to(device), heads=model.tasks)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train()
 
 
 def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
@@ -392,6 +431,16 @@ def _step_flops(model: UMSRep, spec: RunSpec, heads: tuple[str, ...], dev: torch
                     torch.zeros(n, dtype=torch.long, device=dev))
     with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
         multitask_loss(probe(batch[0], heads=heads), batch).backward()
+    return int(counter.get_total_flops())
+
+
+def _refresh_flops(model: UMSRep, spec: RunSpec, dev: torch.device) -> int:
+    """Floating-point operations of one batch of refresh_batchnorm: every head, forward."""
+    probe = copy.deepcopy(model)
+    x = torch.zeros(spec.batch, 1, spec.image_size, spec.image_size, device=dev)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), \
+            FlopCounterMode(display=False) as counter:  # dropout draws: not the run's
+        probe(x, heads=probe.tasks)
     return int(counter.get_total_flops())
 
 
