@@ -22,7 +22,7 @@ __all__ = ["STEPS", "VERSIONS", "build"]
 STEPS = {"cxr": 1200, "echo_doppler": 800}
 # A bundle's model version is part of every output's UID: it changes whenever its weights
 # do, so that a study processed again by new weights gets new objects, not old UIDs.
-VERSIONS = {"cxr": "0.4.0", "echo_doppler": "0.3.0"}
+VERSIONS = {"cxr": "0.4.0", "echo_doppler": "0.4.0"}
 
 
 def build(modality: str, out: Path, work: Path, *, steps: int | None = None) -> Path:
