@@ -224,7 +224,8 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
 
     # Each validation first recomputes the batch norms' statistics over the pool (forward
     # passes of every head): compute that the model it scores took, counted with the steps.
-    refresh_tflop = _refresh_flops(model, spec, dev) * len(pool) / spec.batch / 1e12
+    refresh_tflop = _step_flops(model, spec, model.tasks, dev, backward=False) * len(pool) \
+        / spec.batch / 1e12
 
     def tflop_until(step: int) -> float:
         refreshes = sum(1 for v in state["validations"] if v["step"] <= step)
@@ -419,10 +420,12 @@ def _spans(spec: RunSpec, phases: dict[int, tuple[str, ...]]
     return [(a, b, phases[a]) for a, b in itertools.pairwise(starts)]
 
 
-def _step_flops(model: UMSRep, spec: RunSpec, heads: tuple[str, ...], dev: torch.device
-                ) -> int:
-    """Floating-point operations of one training step (forward and backward, counted by
-    torch on a copy of the model): the training compute, whatever else the machine runs."""
+def _step_flops(model: UMSRep, spec: RunSpec, heads: tuple[str, ...], dev: torch.device,
+                *, backward: bool = True) -> int:
+    """Floating-point operations of one training step (forward and backward; without
+    `backward`, one batch of refresh_batchnorm), counted by torch on a copy of the model: the
+    training compute, whatever else the machine runs. Dropout draws from a forked stream, not
+    the run's."""
     probe = copy.deepcopy(model)
     n, size = spec.batch, spec.image_size
     batch: Batch = (torch.zeros(n, 1, size, size, device=dev),
@@ -430,17 +433,9 @@ def _step_flops(model: UMSRep, spec: RunSpec, heads: tuple[str, ...], dev: torch
                     torch.zeros(n, probe.config.n_seg, size, size, device=dev),
                     torch.zeros(n, dtype=torch.long, device=dev))
     with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
-        multitask_loss(probe(batch[0], heads=heads), batch).backward()
-    return int(counter.get_total_flops())
-
-
-def _refresh_flops(model: UMSRep, spec: RunSpec, dev: torch.device) -> int:
-    """Floating-point operations of one batch of refresh_batchnorm: every head, forward."""
-    probe = copy.deepcopy(model)
-    x = torch.zeros(spec.batch, 1, spec.image_size, spec.image_size, device=dev)
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), \
-            FlopCounterMode(display=False) as counter:  # dropout draws: not the run's
-        probe(x, heads=probe.tasks)
+        out = probe(batch[0], heads=heads)
+        if backward:
+            multitask_loss(out, batch).backward()
     return int(counter.get_total_flops())
 
 
