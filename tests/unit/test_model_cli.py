@@ -124,8 +124,8 @@ def test_evaluate_chest_with_records(bundles: dict[str, Path], tmp_path: Path,
     assert set(saved["cases"][0]["dice"]) == set(LABELS["cxr"][0])
 
 
-def test_evaluate_on_a_generic_data_set_folder(bundles: dict[str, Path],
-                                               tmp_path: Path) -> None:
+def test_evaluate_on_a_generic_data_set_folder(bundles: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "masks" / "heart").mkdir(parents=True)
@@ -139,6 +139,7 @@ def test_evaluate_on_a_generic_data_set_folder(bundles: dict[str, Path],
     (data / "labels.csv").write_text("image,label\ncase0.png,0\ncase1.png,1\ncase2.png,\n")
     report = evaluate(load_bundle(bundles["cxr"]), out=tmp_path / "out", n=10, data_dir=data)
     assert report["n"] == 3
+    assert "3/3 " in capsys.readouterr().err  # the bar counts the cases there are, not n
     assert set(report["metrics"]["dice"]) == {"heart"}  # the structures it has masks for
     assert report["metrics"]["auc"] in (0.0, 0.5, 1.0)  # the two labelled cases only
     assert "psnr_gain_db" not in report["metrics"]  # no clean reference in real data

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom import Dataset
@@ -40,6 +40,9 @@ from umsrep_core.imaging.regions import SpectralRegion
 from umsrep_core.imaging.us import region_to_dicom
 from umsrep_core.inference import Prediction, Predictor
 from umsrep_core.models.bundle import Bundle
+
+if TYPE_CHECKING:
+    from umsrep_core.data import Dataset as ImageSet
 
 __all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "gate_passed", "joint_to_gates", "overlay",
            "verdict"]
@@ -84,7 +87,9 @@ def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEE
     predictor = Predictor(bundle, device=device)
     modality = bundle.modality
     if data_dir is not None:
-        made = _dataset_cases(predictor, data_dir, n)
+        data = _open_chest_dataset(predictor, data_dir)
+        n = min(n, len(data))
+        made = _dataset_cases(predictor, data, n)
     else:
         made = (_chest_cases if modality == "cxr" else _doppler_cases)(predictor, n, seed, size)
     # a chest case at its own 1k-3k pixels, denoised in tiles, takes seconds
@@ -147,15 +152,20 @@ def _doppler_cases(predictor: Predictor, n: int, seed: int, size: int | None
                     box=_box(p.region) if p.region is not None else None)
 
 
-def _dataset_cases(predictor: Predictor, data_dir: Path, n: int) -> Iterator[_Case]:
+def _open_chest_dataset(predictor: Predictor, data_dir: Path) -> ImageSet:
     from umsrep_core.data import open_dataset  # noqa: PLC0415
-    from umsrep_core.measure import STRUCTURES  # noqa: PLC0415
-    from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
 
     if predictor.modality != "cxr":
         raise InferenceError("the real data set loaders hold chest X-rays: use a cxr bundle")
-    data = open_dataset(data_dir)
-    for index in range(min(n, len(data))):
+    return open_dataset(data_dir)
+
+
+def _dataset_cases(predictor: Predictor, data: ImageSet, n: int) -> Iterator[_Case]:
+    """The first `n` samples of a real data set, scored."""
+    from umsrep_core.measure import STRUCTURES  # noqa: PLC0415
+    from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
+
+    for index in range(n):
         sample = data[index]
         truth: dict[str, float | None] = {}
         if all(s in sample.masks for s in STRUCTURES):
