@@ -432,7 +432,8 @@ def _step_flops(model: UMSRep, spec: RunSpec, heads: tuple[str, ...], dev: torch
                     torch.zeros(n, 1, size, size, device=dev),
                     torch.zeros(n, probe.config.n_seg, size, size, device=dev),
                     torch.zeros(n, dtype=torch.long, device=dev))
-    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+    with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(backward), \
+            FlopCounterMode(display=False) as counter:
         out = probe(batch[0], heads=heads)
         if backward:
             multitask_loss(out, batch).backward()
