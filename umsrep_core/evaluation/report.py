@@ -87,7 +87,7 @@ def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEE
     predictor = Predictor(bundle, device=device)
     modality = bundle.modality
     if data_dir is not None:
-        data = _open_chest_dataset(predictor, data_dir)
+        data = _open_chest_dataset(modality, data_dir)
         n = min(n, len(data))
         made = _dataset_cases(predictor, data, n)
     else:
@@ -152,10 +152,10 @@ def _doppler_cases(predictor: Predictor, n: int, seed: int, size: int | None
                     box=_box(p.region) if p.region is not None else None)
 
 
-def _open_chest_dataset(predictor: Predictor, data_dir: Path) -> ImageSet:
+def _open_chest_dataset(modality: str, data_dir: Path) -> ImageSet:
     from umsrep_core.data import open_dataset  # noqa: PLC0415
 
-    if predictor.modality != "cxr":
+    if modality != "cxr":
         raise InferenceError("the real data set loaders hold chest X-rays: use a cxr bundle")
     return open_dataset(data_dir)
 
