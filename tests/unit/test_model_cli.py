@@ -146,6 +146,8 @@ def test_evaluate_on_a_generic_data_set_folder(bundles: dict[str, Path], tmp_pat
     verdicts = {g["metric"]: g["passed"] for g in report["gates"]}
     assert verdicts["psnr_gain_db"] is None and verdicts["dice.left_lung"] is None  # n/a
     assert verdicts["dice.heart"] is False and report["passed"] is False
+    with pytest.raises(InferenceError, match="use a cxr bundle"):  # chest loaders only
+        evaluate(load_bundle(bundles["echo_doppler"]), out=tmp_path / "echo", data_dir=data)
 
 
 def test_bench_command_and_keys(bundles: dict[str, Path],
