@@ -3,8 +3,10 @@ small sample files in several transfer syntaxes, and a throwaway TLS PKI."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any, cast
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEGLSLossless,
@@ -106,8 +109,23 @@ class StoreScp:
 
     def stored(self) -> dict[str, Dataset]:
         """SOP Instance UID -> dataset of each file storescp wrote."""
-        datasets = (pydicom.dcmread(p, stop_before_pixels=True) for p in self.out.iterdir())
-        return {str(ds.SOPInstanceUID): ds for ds in datasets}
+        return {str(ds.SOPInstanceUID): ds for ds in map(_written, self.out.iterdir())}
+
+
+def _written(path: Path, timeout: float = 10.0) -> Dataset:
+    """The file storescp wrote at `path`, read again until it parses with its UID: storescp
+    writes in place, so a file can be caught half written (raises once `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ds: Dataset | None = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, struct.error):
+            ds = None
+        if ds is not None and "SOPInstanceUID" in ds:
+            return ds
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: not a whole DICOM file after {timeout} s")
+        time.sleep(0.05)
 
 
 @pytest.fixture

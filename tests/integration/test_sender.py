@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pacs_node.sender import (
     server_tls_context,
 )
 from tests.conftest import free_port
-from tests.integration.conftest import dataset_bytes, sop_uid
+from tests.integration.conftest import _written, dataset_bytes, sop_uid
 from umsrep_core.errors import DeliveryError
 
 pytestmark = pytest.mark.integration
@@ -54,6 +55,20 @@ def test_storescp_stores_every_file_with_its_uid(storescp: Any,
     for path in mixed_files:
         ts = pydicom.dcmread(path).file_meta.TransferSyntaxUID
         assert stored[sop_uid(path)].file_meta.TransferSyntaxUID == ts
+
+
+def test_a_file_caught_half_written_is_read_again_until_whole(
+        mixed_files: list[Path], tmp_path: Path) -> None:
+    whole = mixed_files[0].read_bytes()
+    path = tmp_path / "incoming.dcm"
+    path.write_bytes(whole[:100])  # storescp writes in place: a reader can catch this
+    finish = threading.Timer(0.3, path.write_bytes, [whole])
+    finish.start()
+    assert str(_written(path).SOPInstanceUID) == sop_uid(mixed_files[0])
+    finish.join()
+    path.write_bytes(whole[:100])
+    with pytest.raises(AssertionError, match="not a whole DICOM file"):
+        _written(path, timeout=0.2)
 
 
 def test_echo_both_peers(scp: Any, storescp: Any) -> None:
