@@ -68,7 +68,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                        help="continue the run in --out from its checkpoint")
 
     p = action("pretrain", train_cmd, "stage 1: learn the representation without labels "
-               "(denoise phantom images with no clean one: blind spots)", bundle=False)
+               "(reconstruct corrupted phantom images: noise, hidden patches)", bundle=False)
     run(p)
     p.set_defaults(stage="pretrain")
 

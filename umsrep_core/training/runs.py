@@ -1,8 +1,8 @@
 """Training runs: the two stages of UMS-Rep, resumable, each in its own directory.
 
-    pretrain   the representation: encoder + denoising decoder taught on noisy images alone, no
-               labels and no clean image (data.corrupt: some pixels hidden behind a
-               neighbour's value, the image itself the target where they are);
+    pretrain   the representation: encoder + reconstruction decoder on corrupted images, no
+               labels (data.corrupt: the image with noise and hidden patches as the input,
+               the image itself the target);
     finetune   task heads on a pretrained encoder (`init`), which is kept "frozen", "partial"ly
                unfrozen (its last blocks) or "full"y fine-tuned; heads trained "joint"ly (the
                weighted multi-task loss) or "sequential"ly (one head after the other, the steps
@@ -465,8 +465,8 @@ def _schedule(optimiser: torch.optim.Optimizer, spec: RunSpec, phases: dict[int,
 def _step_function(spec: RunSpec, model: UMSRep, pretext: torch.Generator, dev: torch.device
                    ) -> Callable[[Batch, tuple[str, ...]], torch.Tensor]:
     def pretrain_step(batch: Batch, heads: tuple[str, ...]) -> torch.Tensor:
-        x, hidden = (t.to(dev) for t in corrupt(batch[0], pretext))
-        return F.l1_loss(model(x, heads=heads)["denoise"][hidden], batch[0].to(dev)[hidden])
+        x = corrupt(batch[0], pretext).to(dev)
+        return F.l1_loss(model(x, heads=heads)["denoise"], batch[0].to(dev))
 
     def finetune_step(batch: Batch, heads: tuple[str, ...]) -> torch.Tensor:
         on_device: Batch = tuple(t.to(dev) for t in batch)  # type: ignore[assignment]
