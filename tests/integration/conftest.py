@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs_node import samples
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, wait_for_port, wait_until
 
 STORESCP = "/usr/bin/storescp"  # dcmtk's, not pynetdicom's script of the same name
 
@@ -109,23 +108,26 @@ class StoreScp:
 
     def stored(self) -> dict[str, Dataset]:
         """SOP Instance UID -> dataset of each file storescp wrote."""
-        return {str(ds.SOPInstanceUID): ds for ds in map(_written, self.out.iterdir())}
+        return {str(ds.SOPInstanceUID): ds for ds in map(written_dataset, self.out.iterdir())}
 
 
-def _written(path: Path, timeout: float = 10.0) -> Dataset:
+def written_dataset(path: Path, timeout: float = 10.0) -> Dataset:
     """The file storescp wrote at `path`, read again until it parses with its UID: storescp
     writes in place, so a file can be caught half written (raises once `timeout` passes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ds: Dataset | None = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, struct.error):
-            ds = None
-        if ds is not None and "SOPInstanceUID" in ds:
-            return ds
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path}: not a whole DICOM file after {timeout} s")
-        time.sleep(0.05)
+    try:
+        found: Dataset = wait_until(lambda: _whole_dataset(path), timeout=timeout,
+                                    interval=0.05)
+    except TimeoutError:
+        raise AssertionError(f"{path}: not a whole DICOM file after {timeout} s") from None
+    return found
+
+
+def _whole_dataset(path: Path) -> Dataset | None:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, struct.error):  # cut off mid-element
+        return None
+    return ds if "SOPInstanceUID" in ds else None
 
 
 @pytest.fixture

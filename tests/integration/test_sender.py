@@ -23,7 +23,7 @@ from pacs_node.sender import (
     server_tls_context,
 )
 from tests.conftest import free_port
-from tests.integration.conftest import _written, dataset_bytes, sop_uid
+from tests.integration.conftest import dataset_bytes, sop_uid, written_dataset
 from umsrep_core.errors import DeliveryError
 
 pytestmark = pytest.mark.integration
@@ -64,11 +64,11 @@ def test_a_file_caught_half_written_is_read_again_until_whole(
     path.write_bytes(whole[:100])  # storescp writes in place: a reader can catch this
     finish = threading.Timer(0.3, path.write_bytes, [whole])
     finish.start()
-    assert str(_written(path).SOPInstanceUID) == sop_uid(mixed_files[0])
+    assert str(written_dataset(path).SOPInstanceUID) == sop_uid(mixed_files[0])
     finish.join()
     path.write_bytes(whole[:100])
     with pytest.raises(AssertionError, match="not a whole DICOM file"):
-        _written(path, timeout=0.2)
+        written_dataset(path, timeout=0.2)
 
 
 def test_echo_both_peers(scp: Any, storescp: Any) -> None:
