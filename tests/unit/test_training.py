@@ -276,6 +276,20 @@ def test_the_compute_to_reach_the_gates_is_the_first_validation_that_meets_them(
     assert met is not None and met["gates_step"] == 2
     # two steps and one batch-norm refresh, of six and three (validations at 2, 4 and 6)
     assert met["tflop_to_gates"] == pytest.approx(met["tflop"] / 3)
+    # stopped there, a measurement of that compute; resumed, the run finishes as the other
+    stopped = train(spec, tmp_path / "stopped", progress=False, val=4, val_every=2,
+                    stop_at_gates=True)
+    assert stopped is not None and stopped["steps"] == 2 and len(stopped["losses"]) == 2
+    assert stopped["tflop"] == stopped["tflop_to_gates"] == met["tflop_to_gates"]
+    assert stopped["metrics"] == met["validations"][0]["metrics"]
+    with pytest.raises(TrainingError, match="stopped at its gates after 2 of 6 steps"):
+        export(tmp_path / "stopped", tmp_path / "bundle", name="b")
+    assert train(spec, tmp_path / "stopped", resume=True, stop_at_gates=True) == stopped
+    resumed = train(spec, tmp_path / "stopped", progress=False, val=4, val_every=2,
+                    resume=True)
+    assert resumed is not None
+    assert {k: v for k, v in resumed.items() if k != "seconds"} == \
+        {k: v for k, v in met.items() if k not in ("seconds", "name")} | {"name": "stopped"}
 
 
 def test_validation_recomputes_the_batch_norms_of_a_copy_then_of_the_model_at_the_end(

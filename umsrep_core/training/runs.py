@@ -167,6 +167,9 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
                             "fine-tune it first")
     seg, classes = LABELS[spec.modality]
     steps = load_record(run)["steps"]
+    if steps < spec.steps:
+        raise TrainingError(f"{run} stopped at its gates after {steps} of {spec.steps} steps "
+                            "(a compute measurement): resume it to its budget to export it")
     origin = f", on the encoder of pretrain run {spec.init}" if spec.init else ""
     return save_bundle(model, {
         "name": name, "version": version, "modality": spec.modality, "seg_labels": seg,
@@ -179,14 +182,20 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
 
 def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None = None,
           progress: bool = True, save_every: int = 100, val: int | None = None,
-          val_every: int = 100, stop_after: int | None = None) -> dict[str, Any] | None:
+          val_every: int = 100, stop_after: int | None = None,
+          stop_at_gates: bool = False) -> dict[str, Any] | None:
     """Run `spec` in directory `out`; returns its record, or None when `stop_after` steps (a
     test's interruption) ended it early with a checkpoint to resume from. `val`: held-out
-    phantoms to validate on (default VALIDATION_PHANTOMS of the modality)."""
+    phantoms to validate on (default VALIDATION_PHANTOMS of the modality). `stop_at_gates`:
+    end the run at the first validation that meets every gate, its record holding the steps
+    taken (a measurement of the compute to the gates: resumed without it, the run continues
+    to its budget exactly as an uninterrupted one)."""
     dev = torch.device(device or default_device())
     _claim(spec, out, resume)
     if resume and (out / RECORD).is_file():
-        return load_record(out)
+        record = load_record(out)
+        if stop_at_gates or record["steps"] == spec.steps:
+            return record
     torch.manual_seed(spec.seed)
     model = UMSRep(spec.config(), heads=spec.heads)
     if spec.init is not None:
@@ -246,10 +255,16 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         model.train()
         return metrics
 
+    def first_met() -> int | None:
+        return next((v["step"] for v in state["validations"] if v["metrics"]["gates_met"]),
+                    None)
+
     bar = tqdm(range(state["step"], spec.steps), initial=state["step"], total=spec.steps,
                desc=f"{spec.stage} {spec.modality} {spec.label}", disable=not progress)
     try:
         for step in bar:
+            if stop_at_gates and first_met() is not None:
+                break
             if step in phases and step > start:  # a sequential phase starts
                 schedule = _schedule(optimiser, spec, phases, step)
             batch = pool.sample(spec.batch)
@@ -274,14 +289,15 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     except KeyboardInterrupt:
         checkpoint()
         raise
-    metrics = validation(final=True)
+    bar.close()
+    stopped = state["step"] < spec.steps
+    metrics = state["validations"][-1]["metrics"] if stopped else validation(final=True)
     checkpoint()
     model.eval()
-    reached = next((v["step"] for v in state["validations"] if v["metrics"]["gates_met"]),
-                   None)
+    reached = first_met()
     record = {"name": out.name, "strategy": spec.label, "stage": spec.stage,
               "heads": list(spec.heads), "steps": state["step"], "batch": spec.batch,
-              "seconds": round(state["seconds"], 3), "tflop": tflop_until(spec.steps),
+              "seconds": round(state["seconds"], 3), "tflop": tflop_until(state["step"]),
               "device": str(dev), "losses": state["losses"], "metrics": metrics,
               "validations": state["validations"], "gates_step": reached,
               "tflop_to_gates": None if reached is None else tflop_until(reached)}
