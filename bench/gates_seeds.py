@@ -58,15 +58,15 @@ def row(label: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'seed':<22} {'joint step':>10} {'separate steps':>16} {'joint TFLOP':>11} "
+    lines = [f"{'seed':<22} {'joint step':>10} {'separate steps':>17} {'joint TFLOP':>11} "
              f"{'separate TFLOP':>14} {'ratio':>6} {'+pretraining':>12}"]
     for r in rows:
         steps = " / ".join("never" if s is None else str(s) for s in r["separate_steps"])
         if r["ratio"] is None:
-            lines.append(f"{r['seed']:<22} {'never':>10} {steps:>16}   joint never met its gates")
+            lines.append(f"{r['seed']:<22} {'never':>10} {steps:>17}   joint never met its gates")
             continue
         bound = "<=" if r["upper_bound"] else ""
-        lines.append(f"{r['seed']:<22} {r['joint_step']:>10} {steps:>16} {r['tflop']:>11.2f} "
+        lines.append(f"{r['seed']:<22} {r['joint_step']:>10} {steps:>17} {r['tflop']:>11.2f} "
                      f"{r['separate_tflop']:>14.2f} {bound + format(r['ratio'], '.2f'):>6} "
                      f"{r['ratio_with_pretraining']:>12.2f}")
     # a joint model that never met its gates counts as an infinite ratio in the median
