@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, cast
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 from pynetdicom import AE, _config, dimse_messages, evt
@@ -54,6 +54,9 @@ INVALID_SOP_INSTANCE = 0x0117
 RJ_PERMANENT, RJ_SERVICE_USER, RJ_CALLING_AE, RJ_CALLED_AE = 0x01, 0x01, 0x03, 0x07
 
 DICOM_ROOT = "1.2.840.10008."
+# Registry SOP classes named "... Storage" that store no instances: DICOMDIR, Storage
+# Commitment push and (retired) pull.
+NOT_STORAGE = frozenset({"1.2.840.10008.1.3.10", "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.2"})
 UNDEFINED_LENGTH = 0xFFFFFFFF
 SEQUENCE_DELIMITER = bytes.fromhex("feffdde000000000")
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
@@ -102,8 +105,12 @@ def _same_host(a: str, b: str) -> bool:
 def parse(path: Path, syntax: UID) -> tuple[Dataset, int]:
     """The dataset of a received file, large values deferred (not read); and the length its
     element offsets count against (the file's, or the inflated dataset's when deflated)."""
-    meta_end = META_START + 12 + int(read_file_meta_info(path).FileMetaInformationGroupLength)
     with open(path, "rb") as f:
+        # pynetdicom writes the file meta, group length first. Not read_file_meta_info's
+        # group length: it reads on into group 0002 elements that some senders put in the
+        # dataset itself (a file with two meta groups, as dcmtk sends it) and keeps the last.
+        f.seek(META_START + 8)
+        meta_end = META_START + 12 + int.from_bytes(f.read(4), "little")
         f.seek(meta_end)
         stream: BinaryIO = f
         length = os.fstat(f.fileno()).st_size
@@ -120,7 +127,7 @@ def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
 
     pydicom reads a short last element silently, so the declared lengths of the raw
     elements are checked against the bytes received; and native pixel data shorter than
-    its image attributes is no image.
+    its image attributes is no image (empty pixel data is: an image without pixels).
     """
     if not ds:
         return "dataset is empty"
@@ -136,7 +143,8 @@ def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
         size = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value)
         expected = (image_pixels(ds) * _number(ds, "SamplesPerPixel", 1)
                     * _number(ds, "BitsAllocated", 8) + 7) // 8
-        if size < expected:
+        # Empty pixel data is stored, as a PACS stores it: a cut-off image has some bytes.
+        if 0 < size < expected:
             return f"pixel data has {size} bytes, its image needs {expected}"
     return None
 
@@ -151,9 +159,18 @@ def image_pixels(ds: Dataset) -> int:
 
 
 def storage_supported(sop_class_uid: str) -> bool:
+    """Private classes and the public Storage SOP classes, the retired ones included.
+
+    pynetdicom knows the current storage classes only; the DICOM registry (PS3.6 Annex A,
+    pydicom's UID dictionary) also names the retired ones (Ultrasound Image Storage
+    1.2.840.10008.5.1.4.1.1.6, ...), which a PACS still stores: old archives hold them.
+    """
     if not sop_class_uid.startswith(DICOM_ROOT):
         return True  # private: stored as sent
-    return issubclass(uid_to_service_class(sop_class_uid), StorageServiceClass)
+    if issubclass(uid_to_service_class(sop_class_uid), StorageServiceClass):
+        return True
+    uid = UID(sop_class_uid)
+    return uid.type == "SOP Class" and "Storage" in uid.name and uid not in NOT_STORAGE
 
 
 class Receiver:

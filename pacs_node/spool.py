@@ -2,12 +2,13 @@
 
 A received dataset is written to a temporary file under `.incoming/` as it arrives, then
 fsynced and renamed to its final name (same file system), and the directory fsynced: a file
-under its final name is always whole. Names derive from UIDs, checked first, so a
-UID can never walk out of the spool.
+under its final name is always whole. Names derive from UIDs through `file_name`: a valid UID
+is its own name, anything else a hash of it, so no UID, however odd, is ever a path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -18,21 +19,37 @@ from typing import BinaryIO
 
 from umsrep_core.errors import IngestError
 
-# DICOM UID grammar (PS3.5 9.1): digits and dots, no empty component, at most 64 chars.
-# Leading zeros are tolerated on input: modalities send them, and they are harmless in a path.
-UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# DICOM UID grammar (PS3.5 9.1): components of digits without a leading zero, at most 64 chars.
+VALID_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+MAX_UID = 64  # the UI value's maximum length (PS3.5 6.2)
 TEMP_SUFFIX = ".partial"
 
 
 def check_uid(value: object, name: str) -> str:
+    """The UID as received, padding stripped. Non-conformant UIDs (hex strings from
+    anonymisers, leading zeros) are accepted as a PACS accepts them; refused are only a
+    missing or empty one, and one that no UI value can hold or that would reach a log line
+    as control characters."""
     uid = str(value or "").strip().rstrip("\0")
     if not uid:
         raise IngestError(f"{name} is missing")
-    if len(uid) > 64:
-        raise IngestError(f"{name} is longer than 64 characters")
-    if not UID.match(uid):
-        raise IngestError(f"{name} {uid[:70]!r} is not a valid UID")
+    if len(uid) > MAX_UID:
+        raise IngestError(f"{name} is longer than {MAX_UID} characters")
+    if not (uid.isascii() and uid.isprintable()):
+        raise IngestError(f"{name} {uid!r} holds characters other than printable ASCII")
     return uid
+
+
+def is_valid_uid(uid: str) -> bool:
+    return len(uid) <= MAX_UID and VALID_UID.match(uid) is not None
+
+
+def file_name(uid: str) -> str:
+    """A path component for `uid`: the UID itself when it is valid (digits and dots cannot
+    leave a folder), else `x` and a hash of it, which no valid UID can look like."""
+    if is_valid_uid(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode()).hexdigest()[:40]
 
 
 class Spool:
@@ -42,7 +59,8 @@ class Spool:
         self.incoming.mkdir(parents=True, exist_ok=True)
 
     def path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
-        return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+        study, series, instance = map(file_name, (study_uid, series_uid, sop_instance_uid))
+        return self.root / study / series / f"{instance}.dcm"
 
     def adopt(self, received: Path, path: Path) -> int:
         """Move a received file (same file system) to `path` durably; returns its size."""

@@ -107,16 +107,20 @@ def test_bad_datasets_get_failure_statuses_and_journal_entries(
     no_uid.save_as(path, enforce_file_format=False)
     assert c_store(node.port, path) == 0x0117
 
-    # pynetdicom checks UIDs it sends: let the test send a hostile one on purpose.
+    # pynetdicom checks UIDs it sends: let the test send hostile ones on purpose. A PACS
+    # stores them; the node too, under names that are hashes of them.
     monkeypatch.setitem(_config.VALIDATORS, "UI", lambda value: (True, ""))
     hostile = ds.copy()
     hostile.SOPInstanceUID = "1.2.3/../../../escape"
     hostile.file_meta.MediaStorageSOPInstanceUID = hostile.SOPInstanceUID
-    assert c_store(node.port, hostile) == 0x0117
+    assert c_store(node.port, hostile) == 0x0000
     hostile_study = ds.copy()
     hostile_study.SOPInstanceUID = "1.2.3.99"
     hostile_study.StudyInstanceUID = "../../etc"
-    assert c_store(node.port, hostile_study) == 0xA900
+    assert c_store(node.port, hostile_study) == 0x0000
+    unprintable = ds.copy()
+    unprintable.SOPInstanceUID = "1.2.3.\x1b[2J"  # would clear a terminal showing the log
+    assert c_store(node.port, unprintable) == 0x0117
 
     not_storage = ds.copy()
     not_storage.SOPClassUID = "1.2.840.10008.5.1.4.1.1.999"
@@ -127,10 +131,18 @@ def test_bad_datasets_get_failure_statuses_and_journal_entries(
     assert c_store(node.port, good) == 0x0000
     rejections = journal_rows(node.data_dir,
                               "SELECT status, reason FROM rejections ORDER BY id")
-    assert [r[0] for r in rejections] == [0xC000, 0x0117, 0x0117, 0xA900, 0x0122]
-    assert "not a valid UID" in rejections[2][1]
-    assert not list(node.data_dir.rglob("escape*")) and not list(tmp_path.rglob("etc/*.dcm"))
-    assert len(journal_rows(node.data_dir, "SELECT * FROM instances")) == 1
+    assert [r[0] for r in rejections] == [0xC000, 0x0117, 0x0117, 0x0122]
+    assert "printable ASCII" in rejections[2][1]
+    rows = journal_rows(node.data_dir, "SELECT sop_instance_uid, study_uid, path FROM instances "
+                                       "JOIN studies USING (study_key)")
+    assert len(rows) == 3
+    spool = (node.data_dir / "spool").resolve()
+    for sop_uid, study_uid, path in rows:
+        stored = Path(path).resolve()
+        assert stored.is_relative_to(spool) and stored.is_file()
+        assert (stored.name == f"{sop_uid}.dcm") == ("/" not in sop_uid)
+        assert (stored.parent.parent.name == study_uid) == ("/" not in study_uid)
+    assert not list(tmp_path.rglob("escape*")) and not list(tmp_path.rglob("etc/*.dcm"))
 
 
 def test_limits_disk_mark_and_image_size(serve: Any, study_files: Any, tmp_path: Path) -> None:

@@ -6,19 +6,43 @@ from pathlib import Path
 
 import pytest
 
-from pacs_node.spool import Spool, check_uid, write_durably
+from pacs_node.spool import Spool, check_uid, file_name, is_valid_uid, write_durably
 from umsrep_core.errors import IngestError
 
 
-@pytest.mark.parametrize("bad", ["", "1.2.3/../../x", "../etc", "1..2", "1.2.", "a.b",
-                                 "1." + "2" * 64, "1.2 3"])
-def test_bad_uids_are_refused(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["", " \0", "1." + "2" * 64, "1.2\n3", "1.2.\x1b[31m", "1.2.é"])
+def test_missing_overlong_and_unprintable_uids_are_refused(bad: str) -> None:
     with pytest.raises(IngestError):
         check_uid(bad, "SOPInstanceUID")
 
 
+HEX = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.mark.parametrize("odd", [HEX, "999.999.01.23.45.6789", "1.2.3/../../x", "../etc", ".."])
+def test_non_conformant_uids_are_kept_but_never_a_path(odd: str) -> None:
+    assert check_uid(odd, "SOPInstanceUID") == odd
+    assert not is_valid_uid(odd)
+    name = file_name(odd)
+    assert name.startswith("x") and len(name) == 41 and name.isalnum()
+    assert file_name(odd + "0") != name
+
+
+@pytest.mark.parametrize("uid", ["0", "1.2.840.10008.5.1.4.1.1.6", "2.25." + "1" * 59])
+def test_a_valid_uid_is_its_own_file_name(uid: str) -> None:
+    assert is_valid_uid(uid) and file_name(uid) == uid
+
+
 def test_uid_padding_is_stripped() -> None:
     assert check_uid("1.2.840.10008\0", "x") == "1.2.840.10008"
+
+
+def test_spool_paths_stay_under_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    path = spool.path("../../etc", "1.2.3", HEX)
+    assert path.resolve().is_relative_to(spool.root.resolve())
+    assert path.parent.parent.name == file_name("../../etc")
+    assert path.name == f"{file_name(HEX)}.dcm"
 
 
 def test_adopt_moves_a_received_file_into_place(tmp_path: Path) -> None:
