@@ -36,6 +36,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     UltrasoundImageStorage,
 )
+from pydicom.valuerep import format_number_as_ds
 
 from umsrep_core.imaging.regions import (
     SPECTRAL_SPATIAL_FORMAT,
@@ -57,6 +58,12 @@ FLAG_SCALING_PROTECTED = 0b10
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:umsrep:samples")
 _NOISE_SPAN = 64  # noise added to synthetic X-ray / CT pixels, stored values
 _NOISE_PAD = 65_521  # extra noise samples: the per-image offset range
+
+
+def ds_value(number: float) -> str:
+    """`number` as a Decimal String that fits its VR (16 characters): a phantom's pixel
+    spacing such as 0.3975946254047201 has more digits than a DS holds."""
+    return format_number_as_ds(float(number))
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -294,8 +301,7 @@ def _xray(kind: str, seed: int, *, study_uid: str | None, series_uid: str | None
     ds.XRayTubeCurrent = 250
     ds.Exposure = 3
     ds.DistanceSourceToDetector = "1800"
-    ds.ImagerPixelSpacing = [pixel_spacing, pixel_spacing]
-    ds.PixelSpacing = [pixel_spacing, pixel_spacing]
+    ds.ImagerPixelSpacing = ds.PixelSpacing = [ds_value(pixel_spacing)] * 2
     _set_pixels(ds, image, bits_stored=bits, photometric=monochrome)
     top = (1 << bits) - 1
     ds.WindowCenter = str((top + 1) // 2)
@@ -559,13 +565,13 @@ def ct_dataset(seed: int, *, study_uid: str | None = None, series_uid: str | Non
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID = uid("ct", seed, ids.study_uid, "frame-of-reference")
     ds.PositionReferenceIndicator = ""
-    ds.SliceThickness = str(slice_thickness)
-    z = -(instance_number - 1) * slice_thickness
-    half = stored.shape[1] * pixel_spacing / 2
-    ds.ImagePositionPatient = [str(-half), str(-half), f"{z:g}"]
+    ds.SliceThickness = ds_value(slice_thickness)
+    z = ds_value(-(instance_number - 1) * slice_thickness)
+    half = ds_value(-stored.shape[1] * pixel_spacing / 2)
+    ds.ImagePositionPatient = [half, half, z]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.SliceLocation = f"{z:g}"
-    ds.PixelSpacing = [pixel_spacing, pixel_spacing]
+    ds.SliceLocation = z
+    ds.PixelSpacing = [ds_value(pixel_spacing)] * 2
     ds.KVP = "120"
     ds.AcquisitionNumber = 1
     ds.RescaleIntercept = "-1024"

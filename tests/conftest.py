@@ -1,4 +1,5 @@
-"""Shared fixtures: free ports, sample studies, the node as a subprocess, dcmtk's storescu."""
+"""Shared fixtures: free ports, sample studies, the node as a subprocess, dcmtk's storescu,
+the real-data folder, and conformance checks (dciodvfy, DS/IS lengths)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,44 @@ from typing import Any
 
 import pytest
 import yaml
+from pydicom.dataset import Dataset
 
 STORESCU = "/usr/bin/storescu"  # dcmtk's; pynetdicom installs a same-named script on PATH
 ECHOSCU = "/usr/bin/echoscu"
+DCMSEND = "/usr/bin/dcmsend"
+DCIODVFY = Path("/usr/bin/dciodvfy")
 UMSREP = [sys.executable, "-m", "pacs_node.cli"]
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+MAX_LENGTH = {"DS": 16, "IS": 12}  # PS3.5 6.2
+
+
+def shared_data(*parts: str) -> Path:
+    """A folder of ../shared/data (read-only real data, never committed); skips without it."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"real data not here: {path} is absent (see ../shared/data/README.md)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's error lines about a file (its warnings are not errors)."""
+    if not DCIODVFY.exists():
+        pytest.skip("dicom3tools' dciodvfy is not installed")
+    result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+def overlong_values(ds: Dataset) -> list[str]:
+    """DS and IS values longer than their VR allows, in `ds` and its sequences."""
+    found = []
+    for element in ds.iterall():
+        limit = MAX_LENGTH.get(element.VR)
+        values = element.value if element.VM > 1 else [element.value]
+        found += [f"{element.keyword or element.tag} {value}" for value in values
+                  if limit is not None and value is not None and len(str(value)) > limit]
+    return found
 
 
 def free_port() -> int:

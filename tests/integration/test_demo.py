@@ -9,6 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.conftest import dciodvfy_errors, overlong_values
 from tests.unit.test_inference import tiny_bundle
 from umsrep_core.models.bundle import available_bundles
 
@@ -33,3 +34,8 @@ def test_demo_sends_studies_and_writes_results_and_overlays(tmp_path: Path) -> N
                         for p in (tmp_path / "out/data/results").rglob("*.dcm"))
     assert modalities == ["SEG", "SEG", "SR", "SR"]
     assert len(list((tmp_path / "out/overlays").glob("SEG-*.png"))) == 2
+    # What the demo writes, its phantoms and the results, is valid: no DS over 16 characters.
+    for path in [*(tmp_path / "out/sent").rglob("*.dcm"),
+                 *(tmp_path / "out/data/results").rglob("*.dcm")]:
+        assert overlong_values(pydicom.dcmread(path)) == [], path
+        assert dciodvfy_errors(path) == [], path

@@ -19,6 +19,7 @@ from pydicom.uid import (
 
 from pacs_node import samples
 from pacs_node.attrs import extract, has_spectral_doppler
+from tests.conftest import dciodvfy_errors, overlong_values
 from umsrep_core.imaging.regions import SpectralRegion
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
@@ -227,3 +228,17 @@ def test_dcmdump_reads_every_kind(tmp_path: Path) -> None:
                                 text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
         assert "(0008,0060) CS [" in result.stdout
+
+
+@pytest.mark.integration
+def test_a_phantom_pixel_spacing_is_written_as_a_valid_ds(tmp_path: Path) -> None:
+    # `umsrep demo` passes its chest phantom's spacing: more digits than a DS holds.
+    cr = samples.cr_dataset(4, rows=64, columns=64, pixel_spacing=0.3975946254047201)
+    ct = samples.ct_dataset(5, rows=64, columns=64, pixel_spacing=0.7, slice_thickness=1 / 3,
+                            instance_number=4)
+    for name, ds in (("cr", cr), ("ct", ct)):
+        path = samples.write(ds, tmp_path / f"{name}.dcm")
+        written = dcmread(path)
+        assert overlong_values(written) == [], name
+        assert dciodvfy_errors(path) == [], name
+    assert abs(float(dcmread(tmp_path / "cr.dcm").ImagerPixelSpacing[0]) - 0.3975946254) < 1e-9
