@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,10 +22,9 @@ def _chest_masks() -> dict[str, np.ndarray]:
 
 
 def test_ctr_is_heart_width_over_thoracic_width() -> None:
-    m = measure_chest(_chest_masks(), 0.5)
+    m = measure_chest(_chest_masks(), 2.0)  # 2 mm pixels: a 16 x 20 cm picture
     assert m.ctr == pytest.approx(30 / 80)
-    assert m.areas_mm2 == {"right_lung": 1500 * 0.25, "left_lung": 1200 * 0.25,
-                           "heart": 900 * 0.25}
+    assert m.areas_mm2 == {"right_lung": 1500 * 4, "left_lung": 1200 * 4, "heart": 900 * 4}
     assert m.reasons == []
 
 
@@ -35,8 +35,8 @@ def test_thoracic_width_uses_rows_holding_both_lungs() -> None:
 
 
 def test_anisotropic_spacing_multiplies_row_and_column() -> None:
-    m = measure_chest(_chest_masks(), (0.2, 0.3))
-    assert m.areas_mm2["heart"] == pytest.approx(900 * 0.06)
+    m = measure_chest(_chest_masks(), (2.0, 3.0))
+    assert m.areas_mm2["heart"] == pytest.approx(900 * 6)
     assert m.ctr == pytest.approx(30 / 80)  # columns only: no spacing involved
 
 
@@ -56,7 +56,9 @@ def test_empty_mask_gives_null_ctr_with_a_reason(empty: str) -> None:
     masks[empty][:] = False
     m = measure_chest(masks, 1.0)
     assert m.ctr is None and any("CTR not measured" in r for r in m.reasons)
-    assert m.areas_mm2[empty] == 0.0
+    assert m.areas_mm2[empty] is None  # no organ measures 0 mm2
+    assert any(r.startswith(f"{empty.replace('_', ' ')} area 0 mm2 is outside")
+               for r in m.reasons)
 
 
 def test_lungs_without_a_common_row_and_missing_masks() -> None:
@@ -200,6 +202,30 @@ def test_empty_envelope_bad_region_and_unknown_kind() -> None:
                                       "lvot_outflow").reasons[0]
     with pytest.raises(ValueError, match="kind"):
         measure_doppler(np.zeros((100, 120), bool), REGION, "colour")
+
+
+@pytest.mark.parametrize(("cm_s_per_px", "peak"), [(-20.0, "810"), (-0.1, "4")])
+def test_a_peak_outside_the_physiological_range_gives_nothing(cm_s_per_px: float,
+                                                                 peak: str) -> None:
+    # The same 40-pixel beats at 20 cm/s a pixel (a peak of 810 cm/s) and at 0.1 (4 cm/s).
+    region = dataclasses.replace(REGION, delta_y=cm_s_per_px)
+    v = _beats((10, 31, 40.0), (50, 31, 40.0)) * abs(cm_s_per_px)
+    m = measure_doppler(_envelope(v, region), region, "mitral_inflow")
+    assert (m.peak_velocity_cm_s, m.e_cm_s, m.a_cm_s, m.e_a_ratio, m.vti_cm) == (None,) * 5
+    assert m.reasons == [f"peak velocity {peak} cm/s is outside the physiological range 5-700 "
+                         "cm/s (is the envelope or the velocity scale wrong?): nothing measured"]
+    within = dataclasses.replace(REGION, delta_y=-15.0)  # 600 cm/s: a severe stenosis' jet
+    fast = measure_doppler(_envelope(v / abs(cm_s_per_px) * 15, within), within, "lvot_outflow")
+    assert fast.peak_velocity_cm_s == pytest.approx(607.5)
+
+
+@pytest.mark.parametrize("bad", [{"delta_y": math.nan}, {"delta_x": math.inf},
+                                 {"delta_x": math.nan}, {"delta_y": -math.inf}])
+def test_a_calibration_that_is_not_finite_gives_nothing(bad: dict[str, float]) -> None:
+    region = dataclasses.replace(REGION, **bad)
+    m = measure_doppler(_envelope(_beats((10, 31, 40.0))), region, "lvot_outflow")
+    assert m.peak_velocity_cm_s is None and m.vti_cm is None
+    assert m.reasons == ["the spectral region has no time or velocity scale: nothing measured"]
 
 
 def test_doppler_to_json_has_exactly_the_keys() -> None:

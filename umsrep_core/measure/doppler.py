@@ -17,10 +17,14 @@ Definitions (the phantoms' ground truth uses these same functions):
   a beat whose second peak rises less than 10 % of the first above that valley is fused and
   skipped. E and A are averaged over the beats; E/A is the ratio of those averages.
 All velocities are reported as magnitudes in cm/s.
+
+A peak outside PEAK_RANGE_CM_S, or a calibration that is missing or not finite, means the
+envelope or its scale is wrong: then no value of the strip is reported, and the reason says why.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,13 @@ DOPPLER_TYPES = ("mitral_inflow", "lvot_outflow", "tricuspid_regurgitation", "no
 _MIN_GAP_S = 0.03
 _MIN_BEAT_FRACTION = 0.3
 _MIN_PROMINENCE = 0.1
+# Physiological peak velocities. Top: by the simplified Bernoulli equation (4 v^2 mmHg) 7 m/s is
+# a 196 mmHg gradient, about the most a ventricle generates; the fastest jets of critical aortic
+# stenosis are 6-7 m/s and guidelines call >= 5 m/s very severe (Baumgartner et al., EACVI/ASE
+# 2017); tricuspid jets rarely pass 5-6 m/s. Bottom: no mitral inflow, LVOT or tricuspid jet
+# peaks under 5 cm/s (a mitral A wave, the slowest, is some 20 cm/s at its lowest). A scale off
+# by a factor 10 or 100 (mm/s or m/s taken for cm/s) lands outside.
+PEAK_RANGE_CM_S = (5.0, 700.0)
 
 
 @dataclass
@@ -160,7 +171,15 @@ def measure_doppler(envelope: np.ndarray, region: SpectralRegion | None, kind: s
             or not 0 <= region.ref_y <= region.y1 - region.y0):
         return DopplerMeasurements(reasons=["the spectral region lies outside the image or its "
                                             "baseline outside the region: nothing measured"])
-    if region.delta_x <= 0 or region.delta_y == 0:
+    finite = math.isfinite(region.delta_x) and math.isfinite(region.delta_y)
+    if not finite or region.delta_x <= 0 or region.delta_y == 0:
         return DopplerMeasurements(reasons=["the spectral region has no time or velocity "
                                             "scale: nothing measured"])
-    return measure_trace(envelope_trace(envelope, region), region.delta_x, kind)
+    result = measure_trace(envelope_trace(envelope, region), region.delta_x, kind)
+    peak, (low, high) = result.peak_velocity_cm_s, PEAK_RANGE_CM_S
+    if peak is not None and not low <= peak <= high:
+        return DopplerMeasurements(reasons=[
+            f"peak velocity {peak:.0f} cm/s is outside the physiological range "
+            f"{low:.0f}-{high:.0f} cm/s (is the envelope or the velocity scale wrong?): "
+            "nothing measured"])
+    return result
