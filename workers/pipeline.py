@@ -23,13 +23,14 @@ from pydicom.dataset import Dataset
 
 from pacs_node.config import Config, Process
 from pacs_node.journal import Journal
-from pacs_node.spool import write_durably
+from pacs_node.spool import file_name, write_durably
 from umsrep_core.errors import RoutingError, StudySkipped
 from umsrep_core.inference import Prediction, Predictor, default_device
 from umsrep_core.models.bundle import load_bundle
 from workers.metrics import STAGES
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.seg import build_seg
+from workers.outputs.sources import highdicom_knows, unusable
 from workers.outputs.sr import build_sr
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,12 @@ def not_applicable(pipeline: str, ds: Dataset) -> str | None:
 
 def frames_of(ds: Dataset) -> list[Dataset]:
     """Single-frame images to build on: the image itself, or a copy of each of its frames
-    (highdicom builds SEG on single-frame images only)."""
+    (highdicom builds SEG on single-frame images of the SOP classes it knows only: a retired
+    class's image, such as Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6, is copied too)."""
     count = int(ds.get("NumberOfFrames", 1) or 1)
-    return [ds] if count == 1 else [build_frame_image(ds, n) for n in range(1, count + 1)]
+    if count == 1 and highdicom_knows(ds):
+        return [ds]
+    return [build_frame_image(ds, n) for n in range(1, count + 1)]
 
 
 def rule_process(config: Config, route: str) -> Process:
@@ -111,7 +115,7 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
     journal.note_stage(study_key, "load", time.perf_counter() - started, f"bundle {name} {version}")
     study = journal.study(study_key)
     assert study is not None, study_key
-    folder = config.node.data_dir / "outputs" / study.study_uid
+    folder = config.node.data_dir / "outputs" / file_name(study.study_uid)
     written: list[Path] = []
     skipped: list[str] = []
     seconds = dict.fromkeys(STAGES[1:], 0.0)  # preprocess, inference, postprocess, writing
@@ -140,7 +144,7 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
     for instance in journal.instances(study_key):
         t_read = time.perf_counter()
         ds = pydicom.dcmread(instance.path)
-        why = not_applicable(process.pipeline, ds)
+        why = not_applicable(process.pipeline, ds) or unusable(ds)
         frames = frames_of(ds) if why is None else []
         seconds["preprocess"] += time.perf_counter() - t_read
         if why is not None:

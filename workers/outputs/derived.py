@@ -3,7 +3,9 @@
 - `build_denoised`: the model's denoised image.
 - `build_frame_image`: one frame of a multi-frame image, pixels unchanged. highdicom cannot
   build a SEG on a multi-frame image without a frame of reference (a multi-frame US cine), so
-  SEG and SR of such a frame are built on this single-frame image, which is sent with them.
+  SEG and SR of such a frame are built on this single-frame image, which is sent with them;
+  so are those of an image of a SOP class highdicom does not know (a retired one, such as
+  Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6): its one frame is copied.
 
 Secondary Capture rather than the source's SOP class: highdicom builds SC and validates it,
 while a CR/DX/US copy with new pixels would carry acquisition attributes (exposure, LUTs,
@@ -27,6 +29,7 @@ from workers.outputs import (
     SERIES_NUMBER_FRAMES,
     description,
 )
+from workers.outputs.sources import with_type2
 from workers.outputs.uids import output_uid, pin_times
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
@@ -60,6 +63,7 @@ def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
                        series_uid: str, sop_uid: str, series_number: int,
                        frame_number: int | None = None) -> Dataset:
     """An SC of `pixels` in the source's study, referencing the source (and its frame)."""
+    source = with_type2(source)
     spacing: Any = _pixel_spacing(source)  # highdicom annotates it tuple[int, int]: mm are floats
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -84,6 +88,8 @@ def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
         sc.BodyPartExamined = source.BodyPartExamined
     if "Laterality" in source:
         sc.Laterality = source.Laterality
+    elif "BodyPartExamined" not in source:
+        sc.Laterality = ""  # Type 2C, unknown: a part not named may be a paired one
     sc.Modality = source.Modality  # the study's modality; highdicom's SC default is "OT"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     reference = Dataset()
@@ -149,7 +155,7 @@ def build_frame_image(source: Dataset, frame_number: int) -> Dataset:
         source, frame, photometric,
         series_uid=output_uid(source_uids, "", "frame-series"),
         sop_uid=output_uid(source_uids, "", "frame-instance", frame_number),
-        series_number=SERIES_NUMBER_FRAMES, frame_number=frame_number)
+        series_number=SERIES_NUMBER_FRAMES, frame_number=frame_number if frames > 1 else None)
     if "BurnedInAnnotation" in source:
         sc.BurnedInAnnotation = source.BurnedInAnnotation
     sc.SeriesDescription = f"Frames of series {source.get('SeriesNumber', '')}"[:64]

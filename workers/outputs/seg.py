@@ -28,6 +28,7 @@ from workers.outputs import (
     SERIES_NUMBER_SEG,
     description,
 )
+from workers.outputs.sources import with_type2
 from workers.outputs.uids import output_uid, pin_times
 
 Modality = Literal["cxr", "echo_doppler"]
@@ -98,6 +99,7 @@ def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
     no segment. UIDs derive from the source's SOP Instance UID, the model version and "seg".
     """
     _check_masks(source, modality, masks)
+    source = with_type2(source)
     numbers = _segment_numbers(modality, masks)
     algorithm = algorithm_identification(model_name, model_version)
     descriptions = []

@@ -32,7 +32,9 @@ from workers.outputs import (
     SERIES_NUMBER_SR,
     description,
 )
+from workers.outputs.image_library import image_library
 from workers.outputs.seg import SEGMENTS, Modality
+from workers.outputs.sources import with_type2
 from workers.outputs.uids import output_uid, pin_times
 
 CodedConcept = hd.sr.CodedConcept
@@ -186,6 +188,7 @@ def build_sr(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *, mode
     """
     if modality not in PROCEDURES:
         raise ValueError(f"unknown modality {modality!r} (known: {', '.join(PROCEDURES)})")
+    source = with_type2(source)
     source_uids = [str(source.SOPInstanceUID)]
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
     n_segments = len(seg.SegmentSequence)
@@ -206,9 +209,13 @@ def build_sr(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *, mode
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURES[modality],
-        imaging_measurements=groups,
-        referenced_images=[source])
-    report[0].ContentSequence.append(_comments(findings))
+        imaging_measurements=groups)
+    content = report[0].ContentSequence
+    # The Image Library (TID 1500 row 5) goes before the measurements; ours, not highdicom's
+    # (image_library.py says why).
+    content.insert(next(i for i, item in enumerate(content) if item.ValueType == "CONTAINER"),
+                   image_library(source))
+    content.append(_comments(findings))
     sr = hd.sr.ComprehensiveSR(
         evidence=[source, seg],
         content=report[0],

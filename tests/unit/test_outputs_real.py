@@ -1,0 +1,163 @@
+"""SEG, SR and frame images built on real files of ../shared/data/dicom-corpus and variants
+of them made to reproduce reported cases: a chest CR whose pixel spacing is zero, only in
+Imager Pixel Spacing or missing; an ultrasound image of a retired SOP class. Each output is
+valid (dciodvfy reports no error) and every DS it holds fits its VR."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from pacs_node import samples
+from tests.conftest import dciodvfy_errors, overlong_values, shared_data
+from workers.outputs.derived import build_frame_image
+from workers.outputs.image_library import image_library
+from workers.outputs.seg import build_seg
+from workers.outputs.sources import highdicom_knows, unusable, with_type2
+from workers.outputs.sr import build_sr
+
+MODEL = {"model_name": "umsrep-test", "model_version": "0.1.0"}
+RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (Retired)
+# Findings as a model gives them: floats with more digits than a DS holds.
+CXR_FINDINGS: dict[str, Any] = {
+    "label": "normal", "probability": 0.5277529358863831, "ctr": 0.4812345678901234,
+    "areas_mm2": {"right_lung": 7744.123456789012, "left_lung": None, "heart": None},
+    "reasons": ["left lung area: no pixel spacing"]}
+ECHO_FINDINGS: dict[str, Any] = {
+    "doppler_type": "mitral_inflow", "probability": 0.9123456789012345,
+    "peak_velocity_cm_s": 80.12345678901234, "e_cm_s": None, "a_cm_s": None,
+    "e_a_ratio": None, "vti_cm": None, "reasons": []}
+
+
+def corpus_file(name: str) -> Dataset:
+    return pydicom.dcmread(shared_data("dicom-corpus", "fo-dicom") / name, force=True)
+
+
+def chest_cr(spacing: str) -> Dataset:
+    """The Fuji chest CR of the corpus (MONOCHROME1, no Patient ID, no orientation, no pixel
+    spacing) as it is (`none`), or as the reported Philips CR (`zero`: Pixel Spacing 0\\0, no
+    Imager Pixel Spacing, an orientation), or with its spacing only where a DX has it."""
+    ds = corpus_file("CR-MONO1-10-chest")
+    if spacing == "zero":
+        ds.PixelSpacing = [0, 0]
+        ds.PatientOrientation = ["L", "F"]
+    elif spacing == "imager":
+        ds.ImagerPixelSpacing = [0.35, 0.35]
+    return ds
+
+
+def retired_us() -> Dataset:
+    """A real US image (GH364, JPEG-LS) as its retired SOP class, with a PW Doppler strip's
+    region so that the echo pipeline applies to it."""
+    ds = corpus_file("GH364.dcm")
+    ds.SOPClassUID = RETIRED_US
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    ds.SequenceOfUltrasoundRegions = [
+        samples._spectral_region(samples.default_spectral_region(rows, columns))]
+    return ds
+
+
+def chest_masks(source: Dataset) -> dict[str, np.ndarray]:
+    rows, columns = int(source.Rows), int(source.Columns)
+    masks = {name: np.zeros((rows, columns), dtype=bool)
+             for name in ("right_lung", "left_lung", "heart")}
+    masks["right_lung"][60:300, 40:200] = True
+    masks["left_lung"][60:300, 240:400] = True
+    masks["heart"][200:320, 150:300] = True
+    return masks
+
+
+def encoded(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def assert_valid(objects: dict[str, Dataset], tmp_path: Path) -> None:
+    for kind, ds in objects.items():
+        path = tmp_path / f"{kind}.dcm"
+        path.write_bytes(encoded(ds))
+        assert dciodvfy_errors(path) == [], kind
+        assert overlong_values(pydicom.dcmread(path)) == [], kind
+
+
+def library_descriptors(sr: Dataset) -> dict[str, str]:
+    """Concept meaning -> value of the Image Library entry's descriptors, re-read."""
+    report = pydicom.dcmread(io.BytesIO(encoded(sr))).ContentSequence
+    library = next(item for item in report
+                   if item.ConceptNameCodeSequence[0].CodeMeaning == "Image Library")
+    entry = library.ContentSequence[0].ContentSequence[-1]
+    found = {}
+    for item in entry.ContentSequence:
+        value = {"TEXT": lambda i: i.TextValue,
+                 "NUM": lambda i: i.MeasuredValueSequence[0].NumericValue,
+                 "CODE": lambda i: i.ConceptCodeSequence[0].CodeMeaning}[item.ValueType](item)
+        found[str(item.ConceptNameCodeSequence[0].CodeMeaning)] = str(value)
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spacing", ["none", "zero", "imager"])
+def test_seg_and_sr_of_a_chest_cr_whatever_its_pixel_spacing(spacing: str,
+                                                           tmp_path: Path) -> None:
+    source = chest_cr(spacing)
+    seg = build_seg(source, chest_masks(source), modality="cxr", **MODEL)
+    sr = build_sr(source, seg, CXR_FINDINGS, modality="cxr", **MODEL)
+    assert_valid({"seg": seg, "sr": sr}, tmp_path)
+    descriptors = library_descriptors(sr)
+    assert descriptors["Modality"] == "Computed Radiography"
+    if spacing == "imager":
+        assert descriptors["Horizontal Pixel Spacing"] == "0.35"
+    else:  # none or zero: no spacing to describe
+        assert "Horizontal Pixel Spacing" not in descriptors
+    assert ("Patient Orientation Row" in descriptors) == (spacing == "zero")
+    assert seg.PatientID == sr.PatientID == ""  # absent in the source: Type 2, empty
+    assert "PatientID" not in source  # the source itself is left as received
+
+
+def test_the_image_library_is_highdicoms_where_highdicom_copes() -> None:
+    cr = samples.cr_dataset(1, rows=64, columns=64)
+    [theirs] = hd.sr.templates.ImageLibrary([cr])
+    assert image_library(cr) == theirs
+
+
+@pytest.mark.integration
+def test_a_retired_class_us_is_built_on_a_secondary_capture_copy(tmp_path: Path) -> None:
+    source = retired_us()
+    assert not highdicom_knows(source)
+    frame = build_frame_image(source, 1)
+    reference = frame.SourceImageSequence[0]
+    assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (
+        RETIRED_US, source.SOPInstanceUID)
+    assert "ReferencedFrameNumber" not in reference  # a single-frame source
+    assert np.array_equal(frame.pixel_array, source.pixel_array)
+    envelope = np.zeros((int(source.Rows), int(source.Columns)), dtype=bool)
+    envelope[500:600, 100:900] = True
+    seg = build_seg(frame, {"envelope": envelope}, modality="echo_doppler", **MODEL)
+    sr = build_sr(frame, seg, ECHO_FINDINGS, modality="echo_doppler", **MODEL)
+    assert_valid({"frame": frame, "seg": seg, "sr": sr}, tmp_path)
+
+
+def test_images_no_output_can_be_built_on_say_why() -> None:
+    assert unusable(corpus_file("charset/chrJapMulti.dcm")) == "no pixel data"
+    leading_zeros = unusable(corpus_file("CR-ModalitySequenceLUT.dcm"))
+    assert leading_zeros is not None and leading_zeros.startswith("SOPInstanceUID is not a valid")
+    hex_uids = chest_cr("none")
+    hex_uids.StudyInstanceUID = hex_uids.SeriesInstanceUID = "9f86d081884c7d659a2feaa0c55ad015"
+    assert "StudyInstanceUID, SeriesInstanceUID are not valid UIDs" in str(unusable(hex_uids))
+    assert unusable(chest_cr("none")) is None
+
+
+def test_type2_attributes_are_added_to_a_copy() -> None:
+    source = chest_cr("none")
+    complete = with_type2(source)
+    assert complete.PatientID == "" and complete.PatientName == source.PatientName
+    assert "PatientID" not in source
+    assert with_type2(complete) is complete
