@@ -26,6 +26,7 @@ class InstanceAttrs:
     sop_class_uid: str = ""
     modality: str = ""
     body_part: str = ""
+    view_position: str = ""
     image_type: tuple[str, ...] = field(default_factory=tuple)
     manufacturer: str = ""
     study_description: str = ""
@@ -64,6 +65,7 @@ def extract(ds: Dataset, calling_ae: str = "", called_ae: str = "") -> InstanceA
         sop_class_uid=_text(ds, "SOPClassUID"),
         modality=_text(ds, "Modality"),
         body_part=_text(ds, "BodyPartExamined"),
+        view_position=_text(ds, "ViewPosition"),
         image_type=tuple(str(v) for v in image_type or ()),
         manufacturer=_text(ds, "Manufacturer"),
         study_description=_text(ds, "StudyDescription"),

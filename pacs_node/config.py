@@ -135,7 +135,8 @@ class Match(Strict):
     """Conditions of a rule; all given ones must hold for one instance of the study.
 
     Lists match exactly (any of); `*_re` fields are Python regular expressions searched in
-    the value; `image_type_re` is searched in the values joined with a backslash.
+    the value, empty where the instance lacks the attribute (so '^$|...' reads "absent or");
+    `image_type_re` is searched in the values joined with a backslash.
     """
 
     modality: list[str] | None = None
@@ -143,6 +144,7 @@ class Match(Strict):
     calling_ae: list[str] | None = None
     called_ae: list[str] | None = None
     body_part_re: str | None = None
+    view_position_re: str | None = None
     image_type_re: str | None = None
     manufacturer_re: str | None = None
     study_description_re: str | None = None
@@ -150,7 +152,7 @@ class Match(Strict):
     spectral_doppler: bool | None = None
 
     @field_validator(
-        "body_part_re", "image_type_re", "manufacturer_re",
+        "body_part_re", "view_position_re", "image_type_re", "manufacturer_re",
         "study_description_re", "series_description_re",
     )
     @classmethod

@@ -160,6 +160,6 @@ def _shown(values: list[str], quote: bool = False) -> str:
     """
     distinct = list(dict.fromkeys(values))
     shown = [v if len(v) <= MAX_VALUE_CHARS else v[:MAX_VALUE_CHARS] + "..." for v in distinct]
-    text = ", ".join(f"'{v}'" if quote else v or "(empty)" for v in shown[:MAX_SHOWN])
+    text = ", ".join(f"'{v}'" if quote and v else v or "(empty)" for v in shown[:MAX_SHOWN])
     more = len(distinct) - MAX_SHOWN
     return f"{text} and {more} more" if more > 0 else text

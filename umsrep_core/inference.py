@@ -34,7 +34,7 @@ from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.imaging.pixels import LUMINANCE, pixel_spacing, read_frames
 from umsrep_core.imaging.regions import SpectralRegion
 from umsrep_core.imaging.us import region_box, spectral_regions
-from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler
+from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler, not_a_frontal_chest
 from umsrep_core.models.bundle import Bundle
 from umsrep_core.models.umsrep import for_inference
 
@@ -57,12 +57,13 @@ class Prediction:
     measurements: dict[str, Any]  # the keys of `predict --json` for the modality
     reasons: list[str] = field(default_factory=list)  # why a value is null
     region: SpectralRegion | None = None  # echo: the calibration that was used
+    not_applicable: str | None = None  # why the model does not know this image; None: it does
 
     def to_json(self) -> dict[str, Any]:
         """The object `umsrep model predict --json` prints for this image."""
         return {"modality": self.modality, "label": self.label,
                 "probability": self.probability, **self.measurements,
-                "reasons": list(self.reasons)}
+                "reasons": list(self.reasons), "not_applicable": self.not_applicable}
 
 
 def default_device() -> str:
@@ -289,7 +290,16 @@ class Predictor:
         measurements = self._measure(item, masks, label, reasons)
         return Prediction(modality=self.modality, label=label, probability=probability,
                           probabilities=probabilities, masks=masks, denoised=denoised,
-                          measurements=measurements, reasons=reasons, region=item.region)
+                          measurements=measurements, reasons=reasons, region=item.region,
+                          not_applicable=self._applicability(masks))
+
+    def _applicability(self, masks: dict[str, np.ndarray]) -> str | None:
+        """Why this image is not one the model knows, or None when it is (or none can tell).
+        cxr: masks that cannot be a frontal chest's."""
+        if self.modality != "cxr" or not masks:
+            return None
+        why = not_a_frontal_chest(masks)
+        return None if why is None else f"not a frontal chest radiograph: {why}"
 
     def _measure(self, item: _Input, masks: dict[str, np.ndarray], label: str | None,
                  reasons: list[str]) -> dict[str, Any]:

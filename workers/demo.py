@@ -1,9 +1,10 @@
 """`umsrep demo`: the whole product on the embedded default, in one command.
 
 It starts a node on a free loopback port with no broker (the pipeline runs in the node's own
-pool), writes synthetic studies made from the phantoms (a chest CR, a mitral-inflow Doppler
-strip, a lateral chest view the chest pipeline skips, a CT that is only stored), sends
-them over DICOM as a PACS would, waits until every study has settled and its results are
+pool), writes synthetic studies (a chest CR and a mitral-inflow Doppler strip made from the
+phantoms, a lateral chest view the rules only store, a CR of a leg that names no body part,
+which the chest pipeline takes and skips as no chest, a CT that is only stored), sends them
+over DICOM as a PACS would, waits until every study has settled and its results are
 delivered, prints the findings and measurements, and writes under OUT the DICOM objects that
 came back (OUT/data/results) and PNG overlays of the masks (OUT/overlays).
 """
@@ -11,6 +12,7 @@ came back (OUT/data/results) and PNG overlays of the masks (OUT/overlays).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,20 @@ def demo_studies(folder: Path) -> list[list[Path]]:
     us = samples.us_doppler_dataset(2, pixels=doppler.image, region=doppler.region)
     lateral = samples.cr_dataset(3, pixels=chest.image, monochrome=chest.photometric,
                                  view="LL")
+    leg = samples.cr_dataset(5, pixels=leg_pixels(1024, 768), body_part="", view="")
+    leg.Laterality = ""  # Type 2C, unknown: a part not named may be a paired one
     return [[samples.write(cr, folder / "cr.dcm")], [samples.write(us, folder / "doppler.dcm")],
             [samples.write(lateral, folder / "lateral.dcm")],
+            [samples.write(leg, folder / "leg.dcm")],
             samples.write_study(folder / "ct", "ct", 4, count=3, rows=128, columns=128)]
+
+
+def leg_pixels(rows: int, columns: int) -> np.ndarray:
+    """A radiograph of a lower leg, roughly: air, soft tissue, a bone with a denser cortex."""
+    x = np.abs(np.linspace(-1.0, 1.0, columns, dtype=np.float32))[None, :]
+    bone = np.clip(1.0 - np.abs(x - 0.05) / 0.12, 0.0, 1.0)
+    image = 0.05 + 0.3 * (x < 0.35) + 0.4 * (bone > 0) + 0.2 * ((bone > 0) & (bone < 0.3))
+    return np.repeat(image, rows, axis=0).astype(np.float32)
 
 
 def settled(node: Node, count: int) -> bool:
@@ -94,6 +107,11 @@ def write_overlays(results: Path, spool_of: dict[str, str], out: Path) -> list[P
     return written
 
 
+def shown_reason(reason: str | None) -> str:
+    """A study's reason without the UIDs it names, cut short for the table."""
+    return re.sub(r"\d+(\.\d+)+: ", "", reason or "")[:160]
+
+
 def run_demo(out: Path, timeout_s: float = 600.0) -> int:
     defaults = load_config(None)
     config = Config.model_validate({
@@ -122,7 +140,7 @@ def run_demo(out: Path, timeout_s: float = 600.0) -> int:
                 rows.append((study.route or "-", study.state,
                              str(result.get("label") or "-"),
                              f"{probability:.2f}" if probability is not None else "-",
-                             summary(result) if result else (study.reason or "")[:70]))
+                             summary(result) if result else shown_reason(study.reason)))
         header = ("ROUTE", "STATE", "FINDING", "PROB", "MEASUREMENTS / REASON")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:

@@ -15,6 +15,7 @@ import functools
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -36,7 +37,10 @@ from workers.outputs.sr import build_sr
 log = logging.getLogger(__name__)
 
 CHEST_MODALITIES = ("CR", "DX")
-LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
+# The default chest-xray rule (pacs_node/defaults.yaml) routes by the same patterns: searched in
+# BodyPartExamined and ViewPosition, empty where absent.
+CHEST_BODY_PART = re.compile(r"(?i)^$|chest|thorax|t[oó]rax|torace|lung")
+FRONTAL_VIEW = re.compile(r"(?i)^(PA|AP)?$")
 
 
 @functools.lru_cache(maxsize=4)
@@ -51,8 +55,11 @@ def not_applicable(pipeline: str, ds: Dataset) -> str | None:
     if pipeline == "cxr":
         if modality not in CHEST_MODALITIES:
             return f"modality {modality or 'missing'} is not CR/DX"
-        view = str(ds.get("ViewPosition", "")).upper()
-        return f"not a frontal view (ViewPosition {view})" if view in LATERAL_VIEWS else None
+        body_part = str(ds.get("BodyPartExamined", "") or "").strip()
+        if not CHEST_BODY_PART.search(body_part):
+            return f"not a chest (BodyPartExamined {body_part})"
+        view = str(ds.get("ViewPosition", "") or "").strip()
+        return None if FRONTAL_VIEW.search(view) else f"not a frontal view (ViewPosition {view})"
     from pacs_node.attrs import has_spectral_doppler  # noqa: PLC0415 - beside its one use
 
     return None if has_spectral_doppler(ds) else "no spectral Doppler region"
@@ -130,6 +137,10 @@ def process_study(journal: Journal, config: Config, study_key: str, route: str) 
             seconds[stage] += spent
         t_write = time.perf_counter()
         for (source, ds), [prediction] in zip(batch, predictions, strict=True):
+            if prediction.not_applicable is not None:  # the model does not know this image
+                frame = "" if source is ds else f" frame {source.InstanceNumber}"
+                skipped.append(f"{ds.SOPInstanceUID}{frame}: {prediction.not_applicable}")
+                continue
             journal.note(study_key, "findings", json.dumps(
                 {"sop_instance_uid": str(source.SOPInstanceUID), **prediction.to_json()}))
             objects = outputs_for(source, prediction, process, name, version)

@@ -18,9 +18,9 @@ from umsrep_core.measure import DOPPLER_TYPES, STRUCTURES
 from umsrep_core.models.bundle import Bundle, BundleError, load_bundle, save_bundle
 from umsrep_core.models.umsrep import ModelConfig, UMSRep
 
-CXR_KEYS = {"modality", "label", "probability", "ctr", "areas_mm2", "reasons"}
+CXR_KEYS = {"modality", "label", "probability", "ctr", "areas_mm2", "reasons", "not_applicable"}
 ECHO_KEYS = {"modality", "label", "probability", "doppler_type", "peak_velocity_cm_s", "e_cm_s",
-             "a_cm_s", "e_a_ratio", "vti_cm", "reasons"}
+             "a_cm_s", "e_a_ratio", "vti_cm", "reasons", "not_applicable"}
 LABELS = {"cxr": (list(STRUCTURES), ["normal", "abnormal"]),
           "echo_doppler": (["envelope"], list(DOPPLER_TYPES))}
 
@@ -57,7 +57,10 @@ def test_chest_dicom_on_the_source_grid(bundles: dict[str, Path]) -> None:
     assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert set(doc["areas_mm2"]) == set(STRUCTURES)
     for name, area in doc["areas_mm2"].items():  # spacing 0.5 mm: a pixel is 0.25 mm2
-        assert area == pytest.approx(p.masks[name].sum() * 0.25)
+        measured = p.masks[name].sum() * 0.25  # untrained masks: the area may be implausible
+        implausible = f"{name.replace('_', ' ')} area {measured:.0f} mm2 is outside"
+        assert area == pytest.approx(measured) if area is not None else any(
+            r.startswith(implausible) for r in doc["reasons"])
 
 
 def test_png_without_spacing_gives_null_areas_with_reasons(bundles: dict[str, Path],

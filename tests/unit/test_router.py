@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydicom.dataset import Dataset
+
 from pacs_node import router
-from pacs_node.attrs import InstanceAttrs
+from pacs_node.attrs import InstanceAttrs, extract
 from pacs_node.config import Routing
+from pacs_node.yamlconf import load_config
 
 CR = InstanceAttrs(modality="CR", body_part="CHEST", image_type=("ORIGINAL", "PRIMARY"),
                    series_description="PA")
@@ -154,3 +158,51 @@ def test_completes_on_release() -> None:
     assert not router.completes_on_release(r, [CR, CR_LAT])  # a second view may follow
     assert not router.completes_on_release(r, [CT])
     assert not router.completes_on_release(r, [])
+
+
+def chest(body_part: str = "", view: str = "", modality: str = "CR") -> InstanceAttrs:
+    return InstanceAttrs(modality=modality, body_part=body_part, view_position=view)
+
+
+FRONTAL_CHESTS = [chest(), chest("CHEST", "PA"), chest("chest", "ap"), chest("THORAX", ""),
+                  chest("", "PA", "DX"), chest("CHEST_PA"), chest("Thorax a.p."),
+                  chest("TÓRAX"), chest("TORACE"), chest("LUNG", "AP"), chest("PORT CHEST")]
+NOT_FRONTAL_CHESTS = [chest("EXTREMITY"), chest("LEG", "AP"), chest("TSPINE"),
+                      chest("THORACIC SPINE"), chest("SKULL", "PA"), chest("CHEST", "LL"),
+                      chest("CHEST", "RL"), chest("", "LATERAL"), chest("THORAX", "LAT"),
+                      chest("CHEST", "RLO"), chest("CHEST", "PA", "CT")]
+
+
+def shown(instance: InstanceAttrs) -> str:
+    return f"{instance.modality}/{instance.body_part or '-'}/{instance.view_position or '-'}"
+
+
+@pytest.mark.parametrize("instance", FRONTAL_CHESTS, ids=shown)
+def test_the_default_rules_send_frontal_chests_to_cxr(instance: InstanceAttrs) -> None:
+    assert names(router.route(load_config(None).routing, [instance])) == ["chest-xray"]
+
+
+@pytest.mark.parametrize("instance", NOT_FRONTAL_CHESTS, ids=shown)
+def test_the_default_rules_store_other_anatomy_and_lateral_views(instance: InstanceAttrs
+                                                                 ) -> None:
+    assert names(router.route(load_config(None).routing, [instance])) == ["store-only"]
+
+
+def test_the_default_rules_say_why_an_image_is_no_frontal_chest() -> None:
+    routing = load_config(None).routing
+    tibia, lateral = router.evaluate(routing, [chest("EXTREMITY")])[0], \
+        router.evaluate(routing, [chest("CHEST", "LL")])[0]
+    assert tibia.reasons == [
+        "body_part 'EXTREMITY' does not match '(?i)^$|chest|thorax|t[oó]rax|torace|lung'"]
+    assert lateral.reasons == ["view_position 'LL' does not match '(?i)^(PA|AP)?$'"]
+    # A lateral beside a PA in one study: the study goes to cxr, for the PA.
+    assert names(router.route(routing, [chest("CHEST", "LL"), chest("CHEST", "PA")])) == [
+        "chest-xray"]
+
+
+def test_view_position_is_extracted_and_older_journal_rows_lack_it() -> None:
+    ds = Dataset()
+    ds.Modality, ds.ViewPosition = "DX", "AP "
+    assert extract(ds).view_position == "AP"
+    assert extract(Dataset()).view_position == ""
+    assert InstanceAttrs.from_json({"modality": "CR", "body_part": "CHEST"}).view_position == ""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
@@ -18,6 +19,7 @@ from pydicom.uid import (
 
 from pacs_node import routes_cmd
 from pacs_node.config import DEFAULTS_FILE
+from tests.conftest import shared_data
 from umsrep_core.errors import ConfigError
 
 PATIENT = ("Doe^Jane", "PID-4711", "19700101")  # must never be printed
@@ -159,7 +161,11 @@ def test_dry_run_groups_instances_by_study(capsys: pytest.CaptureFixture[str],
     routes_cmd.test(None, [tmp_path], as_json=True)
     [study] = json.loads(capsys.readouterr().out)
     assert (study["instances"], study["modalities"]) == (3, ["CR", "DX"])
-    assert study["rules"][0]["reasons"] == ["modality CR in [CR, DX]", "3 of 3 instances match"]
+    assert study["rules"][0]["reasons"] == [
+        "modality CR in [CR, DX]",
+        "body_part (empty) matches '(?i)^$|chest|thorax|t[oó]rax|torace|lung'",
+        "view_position (empty) matches '(?i)^(PA|AP)?$'",
+        "3 of 3 instances match"]
 
 
 def test_dry_run_without_dicom_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -177,3 +183,22 @@ def test_calling_ae_stands_for_the_sender(capsys: pytest.CaptureFixture[str], st
     assert json.loads(capsys.readouterr().out)[0]["applied"] == []
     routes_cmd.test(config, [studies / "cr.dcm"], as_json=True, calling_ae="MOD1")
     assert json.loads(capsys.readouterr().out)[0]["applied"] == ["from-mod1"]
+
+
+def test_a_real_chest_goes_to_cxr_and_the_same_file_as_an_extremity_does_not(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A Fuji CR of a chest, PA (no File Meta header); then the same file saying EXTREMITY, as
+    # the tibia of issue 21 did: the packaged defaults store that one only.
+    chest = shared_data("dicom-corpus", "fo-dicom") / "CR-MONO1-10-chest"
+    ds = dcmread(chest, force=True)
+    assert (ds.BodyPartExamined, ds.ViewPosition) == ("CHEST", "PA")
+    ds.BodyPartExamined = "EXTREMITY"
+    ds.save_as(tmp_path / "tibia")
+    routes_cmd.test(None, [chest], as_json=True)
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["applied"] == ["chest-xray"]
+    routes_cmd.test(None, [tmp_path / "tibia"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "  no    chest-xray    body_part 'EXTREMITY' does not match " \
+           "'(?i)^$|chest|thorax|t[oó]rax|torace|lung'" in lines
+    assert lines[-1] == "  -> store-only: ignore"

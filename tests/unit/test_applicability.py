@@ -1,0 +1,100 @@
+"""What the chest pipeline applies to: the header check agrees with the default routing, and
+the Predictor says which images the model does not know (masks that are no frontal chest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pydicom.dataset import Dataset
+from torch import Tensor
+
+from pacs_node.attrs import InstanceAttrs
+from pacs_node.yamlconf import load_config
+from tests.unit.test_inference import tiny_bundle
+from tests.unit.test_router import FRONTAL_CHESTS, NOT_FRONTAL_CHESTS, shown
+from umsrep_core.inference import Predictor
+from umsrep_core.measure import STRUCTURES
+from umsrep_core.models.bundle import Bundle, load_bundle
+from umsrep_core.models.umsrep import UMSRep
+from umsrep_core.phantoms.chest import make_chest
+from workers.pipeline import CHEST_BODY_PART, FRONTAL_VIEW, not_applicable
+
+
+def header(instance: InstanceAttrs) -> Dataset:
+    ds = Dataset()
+    ds.Modality = instance.modality
+    if instance.body_part:
+        ds.BodyPartExamined = instance.body_part
+    if instance.view_position:
+        ds.ViewPosition = instance.view_position
+    return ds
+
+
+def test_the_default_chest_rule_routes_by_the_pipelines_patterns() -> None:
+    [rule] = [r for r in load_config(None).routing.rules if r.name == "chest-xray"]
+    assert rule.match.body_part_re == CHEST_BODY_PART.pattern
+    assert rule.match.view_position_re == FRONTAL_VIEW.pattern
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # vendors' spellings: the point
+@pytest.mark.parametrize("instance", FRONTAL_CHESTS, ids=shown)
+def test_the_pipeline_takes_what_the_default_rules_send_it(instance: InstanceAttrs) -> None:
+    assert not_applicable("cxr", header(instance)) is None
+
+
+@pytest.mark.parametrize("instance", NOT_FRONTAL_CHESTS, ids=shown)
+def test_the_pipeline_refuses_what_the_default_rules_store(instance: InstanceAttrs) -> None:
+    why = not_applicable("cxr", header(instance))
+    assert why is not None
+    assert why.startswith(("not a chest (BodyPartExamined", "not a frontal view (ViewPosition",
+                           "modality CT is not CR/DX"))
+
+
+class _Drawn(UMSRep):
+    """Segments the masks it is given (on its input grid), whatever the image."""
+
+    masks: Tensor
+
+    def forward(self, x: Tensor, heads: Any = None) -> dict[str, Tensor]:
+        out = super().forward(x, heads)
+        out["segment"] = (self.masks[None].float() - 0.5).repeat(x.shape[0], 1, 1, 1) * 100
+        return out
+
+
+def predictor_drawing(masks: dict[str, np.ndarray], bundle: Path) -> Predictor:
+    loaded = load_bundle(bundle)
+    model = _Drawn(loaded.config)
+    model.masks = torch.from_numpy(np.stack([masks[name] for name in STRUCTURES]))
+    return Predictor(Bundle(model=model.eval(), manifest=loaded.manifest, path=loaded.path),
+                     device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bundle(tmp_path_factory.mktemp("bundles"), "cxr")
+
+
+def test_a_prediction_whose_masks_are_a_chest_is_applicable(bundle: Path) -> None:
+    phantom = make_chest(0, size=64)  # the tiny model's input size: the letterbox is 1:1
+    p = predictor_drawing(phantom.masks, bundle).predict_array(np.zeros((64, 64), np.float32))
+    assert all((p.masks[n] == phantom.masks[n]).all() for n in STRUCTURES)
+    assert p.not_applicable is None and p.to_json()["not_applicable"] is None
+
+
+def test_a_prediction_whose_masks_are_no_chest_says_why(bundle: Path) -> None:
+    masks = make_chest(0, size=64).masks
+    masks = {**masks, "right_lung": masks["left_lung"], "left_lung": masks["right_lung"]}
+    p = predictor_drawing(masks, bundle).predict_array(np.zeros((64, 64), np.float32))
+    assert p.not_applicable == ("not a frontal chest radiograph: the lungs are on the wrong "
+                                "sides (the right lung belongs on the image's left)")
+    assert p.to_json()["not_applicable"] == p.not_applicable
+
+
+def test_without_masks_nothing_is_judged(bundle: Path) -> None:
+    predictor = Predictor(load_bundle(bundle), device="cpu")
+    p = predictor.predict_array(np.zeros((64, 64), np.float32), heads=("classify",))
+    assert p.masks == {} and p.not_applicable is None
