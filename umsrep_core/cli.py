@@ -110,9 +110,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
     p = action("evaluate", evaluate_cmd, "score a bundle on held-out phantoms or a data set "
                "folder; write report.md, report.json and plots")
-    p.add_argument("--n", type=int, default=40, help="cases (default 40)")
+    p.add_argument("--n", type=int, help="cases (default: 40 phantoms, or every image of "
+                   "each data set)")
     p.add_argument("--seed", type=int, help="first phantom seed (default 1000000: held out)")
-    p.add_argument("--data", type=Path, help="a real data set folder instead of phantoms")
+    p.add_argument("--data", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="real data set folders instead of phantoms (jsrt-scr, nih-cxr8, ...)")
+    p.add_argument("--split", choices=("all", "validation", "train"), default="all",
+                   help="with --data: the patients to score (validation: those training "
+                   "holds out; default all)")
     p.add_argument("--runs", type=Path, nargs="+", default=[], metavar="RUN",
                    help="training run directories to tabulate (strategies, compute)")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
@@ -231,8 +236,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
     report = evaluate(load_bundle(args.bundle), out=args.out, n=args.n,
                       seed=HELD_OUT_SEED if args.seed is None else args.seed,
-                      data_dir=args.data, records=[load_record(r) for r in args.runs],
-                      device=args.device)
+                      data=args.data, split=args.split,
+                      records=[load_record(r) for r in args.runs], device=args.device)
     for gate in report["gates"]:
         value = "n/a" if gate["value"] is None else f"{gate['value']:.4g}"
         print(f"{verdict(gate['passed']):4}  {gate['metric']} = {value} "

@@ -31,11 +31,12 @@ import torch
 
 from umsrep_core.errors import InferenceError
 from umsrep_core.imaging.geometry import Letterbox
+from umsrep_core.imaging.morphology import one_solid_piece
 from umsrep_core.imaging.pixels import LUMINANCE, pixel_spacing, read_frames
 from umsrep_core.imaging.regions import SpectralRegion
 from umsrep_core.imaging.us import region_box, spectral_regions
 from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler, not_a_frontal_chest
-from umsrep_core.models.bundle import Bundle
+from umsrep_core.models.bundle import OTHER_CLASS, Bundle
 from umsrep_core.models.umsrep import for_inference
 
 __all__ = ["Prediction", "Predictor", "default_device", "read_image_file", "synchronize"]
@@ -64,6 +65,16 @@ class Prediction:
         return {"modality": self.modality, "label": self.label,
                 "probability": self.probability, **self.measurements,
                 "reasons": list(self.reasons), "not_applicable": self.not_applicable}
+
+
+def _one_piece(probability: np.ndarray) -> np.ndarray:
+    """A structure's probabilities with its mask (at one half) made one solid piece: other
+    pieces pushed just under one half, holes to one half, the kept piece's border as it was
+    (the inverse letterbox resamples probabilities, then thresholds)."""
+    keep = one_solid_piece(probability >= 0.5)
+    out: np.ndarray = np.where(keep, np.maximum(probability, 0.5),
+                               np.minimum(probability, 0.499))
+    return out.astype(np.float32)
 
 
 def default_device() -> str:
@@ -116,7 +127,11 @@ class Predictor:
         self.denoise_grid = str(bundle.manifest.get("denoise_grid", "model"))
         self.size = bundle.config.input_size
         self.seg_labels = [str(s) for s in bundle.manifest["seg_labels"]]
-        self.class_labels = [str(c) for c in bundle.manifest["class_labels"]]
+        labels = [str(c) for c in bundle.manifest["class_labels"]]
+        # The class OTHER_CLASS, where a bundle has it, is what the model does not know: its
+        # probability says whether the image applies, the label is one of the others.
+        self.other = labels.index(OTHER_CLASS) if OTHER_CLASS in labels else None
+        self.class_labels = [c for c in labels if c != OTHER_CLASS]
         norm = bundle.manifest["normalisation"]
         self.mean, self.std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
         if not self.std > 0:
@@ -271,7 +286,10 @@ class Predictor:
         reasons = list(item.notes)
         masks: dict[str, np.ndarray] = {}
         if "segment" in heads:
-            back = box.mask_to_source(heads["segment"], threshold=0.5)
+            seg = heads["segment"]
+            if self.modality == "cxr":  # a lung or a heart is one piece, without holes
+                seg = np.stack([_one_piece(p) for p in seg])
+            back = box.mask_to_source(seg, threshold=0.5)
             masks = {name: back[i] for i, name in enumerate(self.seg_labels)}
         if "denoise" in heads:
             mapped = np.clip(box.mask_to_source(heads["denoise"][0], threshold=None), 0, 1)
@@ -279,26 +297,42 @@ class Predictor:
             y0, x0, y1, x1 = box.crop
             denoised[y0:y1, x0:x1] = mapped[y0:y1, x0:x1]
         label, probability, probabilities = None, None, {}
+        other = None
         if "classify" in heads:
             probs = heads["classify"]
+            if self.other is not None:
+                other = float(probs[self.other])
+                probs = np.delete(probs, self.other)
+                probs = probs / max(float(probs.sum()), 1e-12)
             probabilities = {name: float(p) for name, p in zip(self.class_labels, probs,
                                                                  strict=True)}
             best = int(np.argmax(probs))
             label, probability = self.class_labels[best], float(probs[best])
         else:
             reasons.append("no classification head was run: no label")
-        measurements = self._measure(item, masks, label, reasons)
+        not_applicable = self._applicability(masks, other)
+        if not_applicable is None:
+            measurements = self._measure(item, masks, label, reasons)
+        else:  # nothing is measured, nor labelled, on an image the model does not know
+            measurements = self._measure(item, {}, None, [])
+            label, probability = None, None
+            reasons.append(f"{not_applicable}: nothing measured")
         return Prediction(modality=self.modality, label=label, probability=probability,
                           probabilities=probabilities, masks=masks, denoised=denoised,
                           measurements=measurements, reasons=reasons, region=item.region,
-                          not_applicable=self._applicability(masks))
+                          not_applicable=not_applicable)
 
-    def _applicability(self, masks: dict[str, np.ndarray]) -> str | None:
+    def _applicability(self, masks: dict[str, np.ndarray], other: float | None
+                       ) -> str | None:
         """Why this image is not one the model knows, or None when it is (or none can tell).
-        cxr: masks that cannot be a frontal chest's."""
-        if self.modality != "cxr" or not masks:
+        cxr: the model's own score of another kind of image (the class OTHER_CLASS), or masks
+        that cannot be a frontal chest's."""
+        if self.modality != "cxr":
             return None
-        why = not_a_frontal_chest(masks)
+        if other is not None and other >= 0.5:
+            return (f"not a frontal chest radiograph: the model scores it {other:.2f} as "
+                    "another kind of image")
+        why = not_a_frontal_chest(masks) if masks else None
         return None if why is None else f"not a frontal chest radiograph: {why}"
 
     def _measure(self, item: _Input, masks: dict[str, np.ndarray], label: str | None,

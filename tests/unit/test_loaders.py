@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import shared_data
 from umsrep_core.data.loaders import (
     DataError,
+    is_validation,
     load_folder,
     load_jsrt,
     load_montgomery,
     load_shenzhen,
     open_dataset,
     read_image,
+    split,
     split_lungs,
 )
 from umsrep_core.errors import UmsrepError
@@ -178,3 +182,77 @@ def test_folder_matching_no_layout_is_a_clear_umsrep_error(tmp_path: Path) -> No
         open_dataset(tmp_path / "missing")
     with pytest.raises(DataError, match="CXR_png"):
         load_montgomery(tmp_path)
+
+
+def _jsrt_scr(root: Path) -> Path:
+    right, left = _lungs()
+    cases = []
+    for name in ("JPCLN001", "JPCNN002"):
+        _png(root / "images" / f"{name}.png", _gradient())
+        _png(root / "masks" / "right_lung" / f"{name}.png", right)
+        _png(root / "masks" / "left_lung" / f"{name}.png", left)
+        _png(root / "masks" / "heart" / f"{name}.png", right[::-1])
+        cases.append({"case": name, "nodule": name.startswith("JPCLN"), "ctr": 0.5})
+    (root / "cases.json").write_text(json.dumps(cases))
+    return root
+
+
+def test_the_shared_jsrt_scr_layout(tmp_path: Path) -> None:
+    ds = open_dataset(_jsrt_scr(tmp_path / "jsrt-scr"))
+    assert ds.name == "jsrt-scr" and ds.ids == ["JPCLN001", "JPCNN002"]
+    sample = ds[0]
+    assert set(sample.masks) == {"right_lung", "left_lung", "heart"}
+    np.testing.assert_array_equal(sample.masks["right_lung"], _lungs()[0] > 0)
+    # JSRT's finding is a nodule, which is not what the classifier tells
+    assert sample.label is None and sample.pixel_spacing_mm == 0.35
+    assert ds.patients == ds.ids
+
+
+def test_the_shared_nih_layout_keeps_patients_for_the_split(tmp_path: Path) -> None:
+    rows = [{"file": f"0000000{p}_00{k}.png", "patient": f"0000000{p}",
+             "label": "pneumonia" if k else "normal"} for p in range(3) for k in range(2)]
+    for row in rows:
+        _png(tmp_path / "images" / row["file"], _gradient())
+    (tmp_path / "labels.json").write_text(json.dumps(rows))
+    ds = open_dataset(tmp_path)
+    assert ds.name == "nih-cxr8" and len(ds) == 6
+    assert [ds[i].label for i in range(2)] == [0, 1] and ds[0].masks == {}
+    assert ds[1].patient == "00000000" and ds.patients[2:4] == ["00000001"] * 2
+    rows[0]["label"] = "effusion"
+    (tmp_path / "labels.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match="effusion"):
+        open_dataset(tmp_path)
+
+
+def test_a_patient_is_on_one_side_of_the_split_whatever_the_folder_holds(tmp_path: Path) -> None:
+    ids = [f"p{k}" for k in range(200)]
+    ds = load_folder(_folder_of(tmp_path, ids[:3]))
+    validation = split(ds, "validation")
+    assert len(validation) + len(split(ds, "train")) == len(ds) and split(ds, "all") is ds
+    # a fifth of patients, chosen by name alone
+    assert 0.12 < np.mean([is_validation(i) for i in ids]) < 0.28
+    assert validation.ids == [i for i in ds.ids if is_validation(i)]
+    with pytest.raises(DataError, match="split 'test'"):
+        split(ds, "test")
+
+
+def _folder_of(root: Path, names: list[str]) -> Path:
+    for name in names:
+        _png(root / "images" / f"{name}.png", _gradient())
+    return root
+
+
+@pytest.mark.parametrize(("folder", "count", "labelled"), [("jsrt-scr", 200, 0),
+                                                            ("nih-cxr8", 797, 797)])
+def test_the_shared_real_data_sets_read_whole(folder: str, count: int, labelled: int) -> None:
+    ds = open_dataset(shared_data(folder))
+    assert len(ds) == count
+    train, validation = split(ds, "train"), split(ds, "validation")
+    assert not set(train.patients) & set(validation.patients)
+    assert 0.12 < len(validation) / count < 0.28
+    sample = validation[0]
+    assert sample.image.dtype == np.float32 and 0 <= sample.image.min() < sample.image.max() <= 1
+    assert (sample.label is not None) == bool(labelled)
+    if folder == "jsrt-scr":
+        assert all(m.shape == sample.image.shape and m.any() for m in sample.masks.values())
+        assert len(sample.masks) == 3

@@ -158,7 +158,8 @@ def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> No
     assert "scratch joint, 40 steps" in bundle.manifest["training_data"]
     [prediction] = Predictor(bundle, device="cpu").predict_batch([images[0, 0].numpy()])
     seg, classes = LABELS["cxr"]
-    assert set(prediction.masks) == set(seg) and prediction.label in classes
+    # a tiny model's masks are no chest's: the label is withheld, with why, but it was scored
+    assert set(prediction.masks) == set(seg) and list(prediction.probabilities) == classes
 
 
 @pytest.mark.parametrize(("schedule", "stop"), [("joint", 3), ("sequential", 3),

@@ -2,8 +2,11 @@
 
 Every reader returns a lazy `Dataset` of `Sample`s: `image` float32 in [0, 1], display-oriented
 (bright = dense); `masks` bool, the image's shape, keyed by structure (right_lung, left_lung,
-heart; possibly none); `label` 1 abnormal / 0 normal / None unknown; `id`; pixel spacing where
-the data set documents one. "right" is always the patient's right (the image left in a PA view).
+heart; possibly none); `label` 1 abnormal / 0 normal / None unknown; `id`; the patient (for
+splits that keep a patient's images together; the id where a data set has one image per
+patient); pixel spacing where the data set documents one. "right" is always the patient's right
+(the image left in a PA view). `split(dataset, "validation")` is the fixed fifth of patients
+that training holds out.
 
 Layouts (as published; a reader also accepts the data set's folder one level down):
 - Montgomery County (NLM): `CXR_png/MCUCXR_0001_0.png` (suffix _0 normal, _1 tuberculosis),
@@ -19,6 +22,14 @@ Layouts (as published; a reader also accepts the data set's folder one level dow
   `left lung`, `right lung`, `heart` anywhere below the root (as in `scr/masks/<structure>/` or
   the per-fold `fold1/masks/<structure>/`), `<id>.gif` at 1024 x 1024, upsampled here by
   pixel repetition to the image grid.
+- JSRT + SCR as shared for this project (`jsrt-scr/`): `images/JPC*.png` (1024 px, 8-bit,
+  display orientation), `masks/{right_lung,left_lung,heart}/<same name>` (0/255), and
+  `cases.json` ([{"case", "nodule", "ctr"}]). 0.35 mm pixels (the 0.175 mm films halved). The
+  label is None: JSRT's finding is a nodule, not what the classifier tells (normal or
+  pneumonia); `nodule` is kept in the sample's `findings`.
+- NIH ChestX-ray8 as shared for this project (`nih-cxr8/`): `images/*.png` (512 px, 8-bit) and
+  `labels.json` ([{"file", "patient", "label": "normal" | "pneumonia"}]): label 0 or 1, the
+  patient kept for splits. Pixel spacing not published per image: None.
 - Generic folder: `images/<name>.<png|jpg|gif|tif>`, `masks/<structure>/<name>.png` (any
   structure names; the stem must match), optional `labels.csv` with columns image,label
   (image: the file name, with or without extension; label: an integer or empty).
@@ -31,7 +42,9 @@ maximum.
 from __future__ import annotations
 
 import csv
+import json
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +57,8 @@ from umsrep_core.errors import UmsrepError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp")
 JSRT_SHAPE = (2048, 2048)
 JSRT_SPACING_MM = 0.175
+SCR_PNG_SPACING_MM = 0.35  # the shared jsrt-scr PNGs: 2048 px films at 1024
+SPLITS = ("train", "validation", "all")
 MONTGOMERY_SPACING_MM = 0.0875
 _SCR_STRUCTURES = {"right lung": "right_lung", "left lung": "left_lung", "heart": "heart"}
 _LABEL_SUFFIX = re.compile(r"_([01])$")
@@ -60,13 +75,19 @@ class Sample:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # bool, image-shaped
     label: int | None = None  # 1 abnormal, 0 normal
     pixel_spacing_mm: float | None = None
+    patient: str = ""  # "" : the id (one image per patient)
 
 
 class Dataset:
-    """A lazy sequence of samples: files are read when a sample is asked for."""
+    """A lazy sequence of samples: files are read when a sample is asked for. `patients`:
+    each id's patient (default: the id itself)."""
 
-    def __init__(self, name: str, root: Path, ids: list[str], load: Callable[[str], Sample]):
+    def __init__(self, name: str, root: Path, ids: list[str], load: Callable[[str], Sample],
+                 patients: list[str] | None = None):
         self.name, self.root, self.ids, self._load = name, root, ids, load
+        self.patients = list(ids) if patients is None else patients
+        if len(self.patients) != len(ids):
+            raise ValueError(f"{len(ids)} ids, {len(self.patients)} patients")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,6 +100,25 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {str(self.root)!r}, {len(self)} samples)"
+
+
+def is_validation(patient: str) -> bool:
+    """Whether a patient is in the fixed validation fifth (a hash of the patient's name, so
+    that the split never depends on which other files a folder holds)."""
+    return zlib.crc32(patient.encode()) % 5 == 0
+
+
+def split(dataset: Dataset, which: str) -> Dataset:
+    """The samples of `dataset` whose patients are in split `which` ("train", "validation"
+    or "all"): a patient's images are never on both sides."""
+    if which not in SPLITS:
+        raise DataError(f"split {which!r}: choose one of {', '.join(SPLITS)}")
+    if which == "all":
+        return dataset
+    keep = [i for i, p in enumerate(dataset.patients)
+            if is_validation(p) == (which == "validation")]
+    return Dataset(f"{dataset.name}[{which}]", dataset.root, [dataset.ids[i] for i in keep],
+                   dataset._load, [dataset.patients[i] for i in keep])
 
 
 def _open(path: Path) -> Image.Image:
@@ -233,6 +273,63 @@ def load_jsrt(root: Path | str) -> Dataset:
     return Dataset("jsrt", base, sorted(images), load)
 
 
+def _read_json_list(path: Path, keys: set[str]) -> list[dict[str, object]]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and keys <= set(r)
+                                              for r in rows):
+        raise DataError(f"{path}: expected a list of objects with keys {sorted(keys)}")
+    return rows
+
+
+def load_jsrt_scr(root: Path | str) -> Dataset:
+    """The shared JSRT + SCR folder: images/, masks/<structure>/, cases.json."""
+    base = _locate(_require_dir(Path(root)), "images")
+    cases = [str(r["case"]) for r in _read_json_list(base / "cases.json", {"case"})]
+    images = {p.stem: p for p in _images(base / "images")}
+    missing = [c for c in cases if c not in images]
+    if missing:
+        raise DataError(f"{base}: cases.json names images that are not in images/: "
+                        f"{missing[:3]}")
+
+    def load(sample_id: str) -> Sample:
+        path = images[sample_id]
+        image = read_image(path)
+        masks = {s: read_mask(base / "masks" / s / path.name) for s in _SCR_STRUCTURES.values()
+                 if (base / "masks" / s / path.name).is_file()}
+        _check_shape(sample_id, image, masks)
+        return Sample(sample_id, image, masks, None, SCR_PNG_SPACING_MM, sample_id)
+    return Dataset("jsrt-scr", base, cases, load)
+
+
+NIH_LABELS = {"normal": 0, "pneumonia": 1}
+
+
+def load_nih_cxr8(root: Path | str) -> Dataset:
+    """The shared NIH ChestX-ray8 folder: images/ and labels.json (file, patient, label)."""
+    base = _locate(_require_dir(Path(root)), "images")
+    rows = _read_json_list(base / "labels.json", {"file", "patient", "label"})
+    unknown = sorted({str(r["label"]) for r in rows} - set(NIH_LABELS))
+    if unknown:
+        raise DataError(f"{base / 'labels.json'}: labels {unknown} are not "
+                        f"{' or '.join(NIH_LABELS)}")
+    by_id = {Path(str(r["file"])).stem: r for r in rows}
+    missing = [str(r["file"]) for r in rows if not (base / "images" / str(r["file"])).is_file()]
+    if missing:
+        raise DataError(f"{base}: labels.json names images that are not in images/: "
+                        f"{missing[:3]}")
+
+    def load(sample_id: str) -> Sample:
+        row = by_id[sample_id]
+        image = read_image(base / "images" / str(row["file"]))
+        return Sample(sample_id, image, {}, NIH_LABELS[str(row["label"])], None,
+                      str(row["patient"]))
+    ids = list(by_id)
+    return Dataset("nih-cxr8", base, ids, load, [str(by_id[i]["patient"]) for i in ids])
+
+
 def _read_labels(path: Path) -> dict[str, int | None]:
     """labels.csv (columns image,label) keyed by file name and by stem."""
     labels: dict[str, int | None] = {}
@@ -283,6 +380,10 @@ def open_dataset(root: Path | str) -> Dataset:
     candidates = [base, *sorted(p for p in base.iterdir() if p.is_dir())]
     for folder in candidates:
         if (folder / "images").is_dir():
+            if (folder / "cases.json").is_file():
+                return load_jsrt_scr(folder)
+            if (folder / "labels.json").is_file():
+                return load_nih_cxr8(folder)
             return load_folder(folder)
         names = _names(folder / "CXR_png")
         if (folder / "ManualMask").is_dir() or any(n.startswith("MCUCXR") for n in names):
@@ -292,5 +393,6 @@ def open_dataset(root: Path | str) -> Dataset:
     if any(p.suffix.upper() == ".IMG" for p in base.rglob("*")):
         return load_jsrt(base)
     raise DataError(
-        f"{base}: matches no known data set layout (generic images/[masks/][labels.csv], "
+        f"{base}: matches no known data set layout (jsrt-scr images/+masks/+cases.json, "
+        "nih-cxr8 images/+labels.json, generic images/[masks/][labels.csv], "
         "Montgomery CXR_png/+ManualMask/, Shenzhen CXR_png/[mask/], JSRT *.IMG[+SCR masks])")

@@ -10,8 +10,10 @@ on a real data set, where a value needing ground truth it lacks (a clean image, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +50,14 @@ __all__ = ["GATES", "HELD_OUT_SEED", "evaluate", "gate_passed", "joint_to_gates"
            "verdict"]
 
 HELD_OUT_SEED = 1_000_000
-# metric key -> (comparison, threshold), from issue 4 "Quality to reach".
+# metric key -> (comparison, threshold). Chest: issue 21's, for real radiographs (on its own
+# phantoms the model met issue 4's stricter heart Dice 0.95, AUC 0.95; real hearts have
+# borders a reader draws to a few pixels, and real pneumonia labels come from reports);
+# Doppler: issue 4's. The PSNR gain is on synthetic noise added to the image as received.
 GATES: dict[str, dict[str, tuple[str, float]]] = {
     "cxr": {"dice.right_lung": (">=", 0.95), "dice.left_lung": (">=", 0.95),
-            "dice.heart": (">=", 0.95), "auc": (">=", 0.95), "psnr_gain_db": (">=", 6.0),
-            "ctr_abs_error": ("<=", 0.03)},
+            "dice.heart": (">=", 0.90), "auc": (">=", 0.80), "psnr_gain_db": (">=", 6.0),
+            "ctr_abs_error": ("<=", 0.02)},
     "echo_doppler": {"dice.envelope": (">=", 0.90), "auc": (">=", 0.95),
                      "psnr_gain_db": (">=", 6.0), "peak_velocity_rel_error": ("<=", 0.05)},
 }
@@ -70,37 +75,48 @@ class _Case:
     clean: np.ndarray | None = None
     truth: dict[str, float | None] = field(default_factory=dict)  # ctr, peak_velocity_cm_s...
     box: tuple[int, int, int, int] | None = None  # where denoising is scored (echo: the strip)
+    # Real images: the image with noise added and its denoising (a pass of its own; phantoms
+    # are drawn noisy, and their prediction holds the denoised image)
+    noisy: np.ndarray | None = None
+    denoised: np.ndarray | None = None
 
 
-def evaluate(bundle: Bundle, *, out: Path, n: int = 40, seed: int = HELD_OUT_SEED,
-             data_dir: Path | None = None, records: Sequence[dict[str, Any]] | None = None,
-             size: int | None = None, device: str | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def evaluate(bundle: Bundle, *, out: Path, n: int | None = None, seed: int = HELD_OUT_SEED,
+             data: Sequence[Path] = (), split: str = "all",
+             records: Sequence[dict[str, Any]] | None = None, size: int | None = None,
+             device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Score `bundle` on `n` cases and write out/report.md, out/report.json and PNG plots.
 
-    `data_dir`: a real data set folder (umsrep_core.data.open_dataset) instead of phantoms;
-    `size`: a fixed phantom size instead of realistic ones (tests); `records`: training runs
-    (record.json of umsrep_core.training.runs: name, strategy, steps, losses, tflop, seconds,
-    metrics, pretrain_tflop...) for the loss plot, the strategy plot and table.
+    `data`: real data set folders (umsrep_core.data.open_dataset) instead of phantoms, each
+    limited to its `split` of patients ("validation": those training holds out) and to its
+    first `n` images (default all; phantoms: default 40); `size`: a fixed phantom size
+    instead of realistic ones (tests); `records`: training runs (record.json of
+    umsrep_core.training.runs: name, strategy, steps, losses, tflop, seconds, metrics,
+    pretrain_tflop...) for the loss plot, the strategy plot and table.
     Returns the report's JSON object.
     """
     predictor = Predictor(bundle, device=device)
     modality = bundle.modality
-    if data_dir is not None:
-        data = _open_chest_dataset(modality, data_dir)
-        n = min(n, len(data))
-        made = _dataset_cases(predictor, data, n)
+    if data:
+        sets = [_open_chest_dataset(modality, folder, split) for folder in data]
+        sizes = [len(d) if n is None else min(n, len(d)) for d in sets]
+        made: Iterator[_Case] = itertools.chain.from_iterable(_dataset_cases(predictor, d, k)
+                                             for d, k in zip(sets, sizes, strict=True))
+        total = sum(sizes)
+        source = "; ".join(f"data set {d.root}, {split} split ({k} images)"
+                           for d, k in zip(sets, sizes, strict=True))
     else:
-        made = (_chest_cases if modality == "cxr" else _doppler_cases)(predictor, n, seed, size)
+        total = 40 if n is None else n
+        made = (_chest_cases if modality == "cxr" else _doppler_cases)(predictor, total, seed,
+                                                                       size)
+        source = f"held-out phantoms, seeds {seed}..{seed + total - 1}"
     # a chest case at its own 1k-3k pixels, denoised in tiles, takes seconds
-    cases = list(tqdm(made, total=n, desc=f"evaluate {modality}", unit="case",
+    cases = list(tqdm(made, total=total, desc=f"evaluate {modality}", unit="case",
                       disable=not progress))
-    source = (f"data set {data_dir} ({len(cases)} images)" if data_dir is not None
-              else f"held-out phantoms, seeds {seed}..{seed + n - 1}")
     if not cases:
         raise InferenceError(f"nothing to evaluate in {source}")
     metrics, curves = _aggregate(cases, predictor)
-    gates = _gates(metrics, modality, real=data_dir is not None)
+    gates = _gates(metrics, modality, real=bool(data))
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(cases, curves, records, predictor, out)
     summaries = [_record_summary(r) for r in records or []]
@@ -152,28 +168,40 @@ def _doppler_cases(predictor: Predictor, n: int, seed: int, size: int | None
                     box=_box(p.region) if p.region is not None else None)
 
 
-def _open_chest_dataset(modality: str, data_dir: Path) -> ImageSet:
-    from umsrep_core.data import open_dataset  # noqa: PLC0415
+def _open_chest_dataset(modality: str, folder: Path, which: str) -> ImageSet:
+    from umsrep_core.data import open_dataset, split  # noqa: PLC0415
 
     if modality != "cxr":
         raise InferenceError("the real data set loaders hold chest X-rays: use a cxr bundle")
-    return open_dataset(data_dir)
+    return split(open_dataset(folder), which)
 
 
 def _dataset_cases(predictor: Predictor, data: ImageSet, n: int) -> Iterator[_Case]:
-    """The first `n` samples of a real data set, scored."""
+    """The first `n` samples of a real data set, scored. The denoiser, when the bundle has
+    one, is scored on the image with Gaussian noise of VALIDATION_NOISE added (the image as
+    the data set holds it is the clean reference), in a pass of its own: the analysis heads
+    see the image as it is."""
     from umsrep_core.measure import STRUCTURES  # noqa: PLC0415
     from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
+    from umsrep_core.training.radiographs import VALIDATION_NOISE  # noqa: PLC0415
 
+    analysis = [h for h in predictor.heads if h != "denoise"]
     for index in range(n):
         sample = data[index]
         truth: dict[str, float | None] = {}
         if all(s in sample.masks for s in STRUCTURES):
             truth["ctr"] = cardiothoracic_ratio(*(sample.masks[s] for s in STRUCTURES))[0]
-        yield _Case(id=sample.id, image=sample.image, masks=sample.masks, label=sample.label,
-                    prediction=predictor.predict_array(sample.image,
-                                                       pixel_spacing=sample.pixel_spacing_mm),
-                    truth=truth)
+        prediction = predictor.predict_array(sample.image, heads=analysis,
+                                             pixel_spacing=sample.pixel_spacing_mm)
+        case = _Case(id=sample.id, image=sample.image, masks=sample.masks, label=sample.label,
+                     prediction=prediction, truth=truth)
+        if "denoise" in predictor.heads:
+            rng = np.random.default_rng(zlib.crc32(sample.id.encode()))
+            noise = rng.normal(0, VALIDATION_NOISE, sample.image.shape)
+            case.noisy = np.clip(sample.image + noise, 0, 1).astype(np.float32)
+            case.denoised = predictor.predict_array(case.noisy, heads=["denoise"]).denoised
+            case.clean = sample.image
+        yield case
 
 
 def _dataset(pixels: np.ndarray, *, bits: int, photometric: str, modality: str) -> Dataset:
@@ -228,11 +256,12 @@ def _aggregate(cases: list[_Case], predictor: Predictor
 def _denoising(cases: list[_Case]) -> dict[str, float]:
     rows = []
     for c in cases:
-        if c.clean is None or c.prediction.denoised is None:
+        denoised = c.prediction.denoised if c.denoised is None else c.denoised
+        if c.clean is None or denoised is None:
             continue
         y0, x0, y1, x1 = c.box or (0, 0, *c.image.shape)
-        noisy, den, clean = (a[y0:y1, x0:x1] for a in (c.image, c.prediction.denoised,
-                                                        c.clean))
+        noisy, den, clean = (a[y0:y1, x0:x1] for a in (
+            c.image if c.noisy is None else c.noisy, denoised, c.clean))
         rows.append((psnr(noisy, clean), psnr(den, clean), ssim(noisy, clean),
                      ssim(den, clean)))
     if not rows:
@@ -314,7 +343,7 @@ def _plots(cases: list[_Case], curves: dict[str, Any],
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     written = []
-    shown = cases[:_OVERLAYS]
+    shown = sorted(cases, key=lambda c: not c.masks)[:_OVERLAYS]  # those with references
     fig, axes = plt.subplots(len(shown), 2, figsize=(8, 4 * len(shown)), squeeze=False)
     for row, case in zip(axes, shown, strict=True):
         p = case.prediction

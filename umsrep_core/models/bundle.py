@@ -24,8 +24,8 @@ import torch
 from umsrep_core.errors import InferenceError
 from umsrep_core.models.umsrep import HEADS, ModelConfig, UMSRep
 
-__all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "MODALITIES", "Bundle", "BundleError",
-           "available_bundles", "load_bundle", "save_bundle"]
+__all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "MODALITIES", "OTHER_CLASS", "Bundle",
+           "BundleError", "available_bundles", "load_bundle", "save_bundle"]
 
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
@@ -34,6 +34,10 @@ CLINICAL_USE = "NOT FOR CLINICAL USE: trained on synthetic phantoms"
 # Optional manifest key `denoise_grid`: where the denoising head works (see inference.py):
 # "model" (the letterboxed image, the default) or "source" (the image's pixels, in tiles).
 DENOISE_GRIDS = ("model", "source")
+# A class of this name among `class_labels` is no finding but the images the model does not
+# know (other anatomy, other views, not a radiograph): the Predictor reads its probability as
+# the image's applicability, and labels an image with the other classes.
+OTHER_CLASS = "other"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _REQUIRED: dict[str, type] = {
     "name": str, "version": str, "modality": str, "tasks": list, "seg_labels": list,

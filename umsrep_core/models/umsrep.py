@@ -54,6 +54,10 @@ class ModelConfig:
     hidden: int = 64  # the classification MLP's hidden units
     class_levels: int = 2  # encoder levels the classifier pools, the bottleneck and up
     dropout: float = 0.2  # before the classifier's last layer
+    # Standardise each input image (zero mean, unit deviation) before the encoder, and give
+    # the denoised image back in the input's units: real radiographs come from many detectors
+    # and display chains, whose brightness and contrast differ by more than training sees.
+    standardise: bool = False
 
     def __post_init__(self) -> None:
         if min(self.in_channels, self.width, self.depth, self.n_seg, self.n_classes,
@@ -273,13 +277,19 @@ class UMSRep(nn.Module):
         if x.ndim != 4 or x.shape[-1] % step or x.shape[-2] % step:
             raise ValueError(f"input {tuple(x.shape)}: expected (N, C, H, W), H and W "
                              f"multiples of {step}")
-        features = self.encoder(x)
+        scale: Tensor | None = None
+        if self.config.standardise:
+            # a blank image has no deviation to divide by: it stays flat, not amplified noise
+            scale = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-2)
+            features = self.encoder((x - x.mean(dim=(1, 2, 3), keepdim=True)) / scale)
+        else:
+            features = self.encoder(x)
         stacked = self.stacked
         done = (dict(zip(stacked.heads, stacked(features), strict=True))
                 if stacked is not None and set(stacked.heads) <= set(wanted) else {})
         out = {h: done[h] if h in done else self.heads[h](features) for h in wanted}
         if "denoise" in out:
-            out["denoise"] = x + out["denoise"]
+            out["denoise"] = x + (out["denoise"] if scale is None else out["denoise"] * scale)
         return out
 
     def train(self, mode: bool = True) -> Self:

@@ -22,8 +22,8 @@ from umsrep_core.measure.chest import STRUCTURES
 from umsrep_core.phantoms.chest import ChestPhantom, chest_with_noise
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
 
-__all__ = ["DENOISE_GRID", "LABELS", "NO_TARGET", "Batch", "HeldOut", "PhantomPool", "corrupt",
-           "held_out_arrays", "phantom_arrays"]
+__all__ = ["CHEST", "DENOISE_GRID", "LABELS", "NO_CLASS", "NO_TARGET", "Batch", "HeldOut",
+           "PhantomPool", "corrupt", "held_out_arrays", "phantom_arrays"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean, masks, labels
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -39,6 +39,9 @@ LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
 # clean image is NaN, no target (as an identity target, they taught it to leave noise be).
 DENOISE_GRID = {"cxr": "source", "echo_doppler": "source"}
 NO_TARGET = np.float32("nan")
+# Class targets beside the class indices (radiographs.py): a chest radiograph whose class is
+# unknown (scored on not being the last class, "other"), and no class target at all.
+CHEST, NO_CLASS = -1, -2
 
 
 def doppler_arrays(seeds: Iterable[int], size: int) -> Arrays:
@@ -146,6 +149,11 @@ class PhantomPool:
 
     def __len__(self) -> int:
         return len(self.arrays[0])
+
+    @property
+    def images(self) -> np.ndarray:
+        """The pool's images, (N, 1, size, size): what batch norms are refreshed over."""
+        return self.arrays[0]
 
     def sample(self, batch: int) -> Batch:
         if self.draws and self.draws % self.renew_every == 0:

@@ -27,6 +27,7 @@ import copy
 import functools
 import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +58,12 @@ from umsrep_core.training.data import (
     held_out_arrays,
 )
 from umsrep_core.training.losses import multitask_loss
+from umsrep_core.training.radiographs import (
+    CLASS_LABELS,
+    OTHER,
+    RadiographPool,
+    radiograph_held_out,
+)
 
 __all__ = ["SCHEDULES", "STAGES", "RunSpec", "TrainingError", "export", "gates_met",
            "load_record", "refresh_batchnorm", "run_model", "train", "validate"]
@@ -93,6 +100,9 @@ class RunSpec:
     # ModelConfig fields (width, depth...); stored resolved, so that a run keeps its
     # architecture when the code's defaults change.
     model: dict[str, Any] = field(default_factory=dict)
+    # Real data set folders (chest: jsrt-scr, nih-cxr8...) to train on, their train split;
+    # validated on their validation split. Empty: the modality's phantoms.
+    data: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         choices = {"modality": (self.modality, tuple(LABELS)), "stage": (self.stage, STAGES),
@@ -110,14 +120,24 @@ class RunSpec:
             raise TrainingError(f"strategy {self.strategy!r} needs a pretrained encoder (init)")
         if min(self.steps, self.batch, self.pool) < 1 or self.batch > self.pool:
             raise TrainingError("steps, batch and pool must be positive, batch <= pool")
-        seg, classes = LABELS[self.modality]
+        if self.data and self.modality != "cxr":
+            raise TrainingError("real data sets are chest radiographs: --data needs cxr")
+        seg, classes = self.labels
         try:
-            resolved = ModelConfig.from_dict({**self.model, "n_seg": len(seg),
-                                              "n_classes": len(classes),
+            # real radiographs are standardised image by image (ModelConfig.standardise)
+            resolved = ModelConfig.from_dict({"standardise": bool(self.data), **self.model,
+                                              "n_seg": len(seg), "n_classes": len(classes),
                                               "input_size": self.image_size})
         except (TypeError, ValueError) as exc:
             raise TrainingError(f"model {self.model}: {exc}") from exc
         object.__setattr__(self, "model", resolved.to_dict())
+
+    @property
+    def labels(self) -> tuple[list[str], list[str]]:
+        """The segmentation and class labels: the modality's, or with real radiographs
+        radiographs.CLASS_LABELS (normal, pneumonia, and other: not a chest radiograph)."""
+        seg, classes = LABELS[self.modality]
+        return seg, CLASS_LABELS if self.data else classes
 
     @property
     def label(self) -> str:
@@ -133,11 +153,12 @@ class RunSpec:
         return ModelConfig.from_dict(self.model)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "heads": list(self.heads)}
+        return {**asdict(self), "heads": list(self.heads), "data": list(self.data)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSpec:
-        return cls(**{**data, "heads": tuple(data["heads"])})
+        return cls(**{**data, "heads": tuple(data["heads"]),
+                      "data": tuple(data.get("data", ()))})
 
 
 def load_record(run: Path) -> dict[str, Any]:
@@ -165,19 +186,21 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
     if spec.stage == "pretrain":
         raise TrainingError(f"{run} is a pretrain run: it has no task heads to serve; "
                             "fine-tune it first")
-    seg, classes = LABELS[spec.modality]
+    seg, classes = spec.labels
     steps = load_record(run)["steps"]
     if steps < spec.steps:
         raise TrainingError(f"{run} stopped at its gates after {steps} of {spec.steps} steps "
                             "(a compute measurement): resume it to its budget to export it")
     origin = f", on the encoder of pretrain run {spec.init}" if spec.init else ""
+    source = (f"real radiographs, the train split of {', '.join(Path(d).name for d in spec.data)}"
+              " (umsrep_core.data.split)" if spec.data else
+              "synthetic phantoms (umsrep_core.phantoms)")
     return save_bundle(model, {
         "name": name, "version": version, "modality": spec.modality, "seg_labels": seg,
         "class_labels": classes, "normalisation": {},
         "denoise_grid": DENOISE_GRID[spec.modality],
-        "training_data": f"synthetic phantoms (umsrep_core.phantoms), seed {spec.seed}: "
-                         f"{spec.label}, {steps} steps of {spec.batch} at {spec.image_size} px"
-                         f"{origin}"}, out)
+        "training_data": f"{source}, seed {spec.seed}: {spec.label}, {steps} steps of "
+                         f"{spec.batch} at {spec.image_size} px{origin}"}, out)
 
 
 def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None = None,
@@ -204,8 +227,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     model.to(dev).train()
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=spec.lr, weight_decay=1e-4)
-    pool = PhantomPool(spec.modality, first=spec.seed * 1_000_000, size=spec.pool,
-                       image_size=spec.image_size, seed=spec.seed)
+    pool = _pool(spec)
     pretext = torch.Generator().manual_seed(spec.seed)
     phases = _phases(spec)
     saved = _load_checkpoint(out) if resume and (out / CHECKPOINT).is_file() else None
@@ -217,7 +239,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         torch.set_rng_state(saved["torch_rng"])
         state = {k: saved[k] for k in state}
     held_out = _validation_set(spec.modality, VALIDATION_PHANTOMS[spec.modality]
-                               if val is None else val, spec.image_size)
+                               if val is None else val, spec.image_size, spec.data)
     start = state["step"]
     schedule = _schedule(optimiser, spec, phases, start, saved)
 
@@ -249,7 +271,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         # Mid-run on a copy, so that how often a run is validated does not change its
         # training; at the end on the model itself, so that its export is what was scored.
         scored = model if final else copy.deepcopy(model)
-        refresh_batchnorm(scored, pool.arrays[0], spec.batch, dev)
+        refresh_batchnorm(scored, pool.images, spec.batch, dev)
         metrics = validate(scored, spec, held_out, device=dev)
         done.append({"step": state["step"], "metrics": metrics})
         model.train()
@@ -360,9 +382,9 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
     out = {**run(held_out.images, tuple(h for h in model.tasks if h != "denoise")),
            **run(held_out.noisy_tiles, tuple(h for h in model.tasks if h == "denoise"))}
     metrics: dict[str, Any] = {}
-    seg, classes = LABELS[spec.modality]
+    seg, classes = spec.labels
     if "segment" in out:
-        predicted, truth = out["segment"] > 0, held_out.masks > 0.5
+        predicted, truth = out["segment"] > 0, held_out.masks > 0.5  # NaN (unknown): none
         for j, name in enumerate(seg):
             # As `evaluate` scores: an image without the structure (a strip that is not
             # spectral Doppler has no envelope) has no mask to score.
@@ -370,10 +392,15 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
                       if truth[i, j].any()]
             if scored:
                 metrics[f"dice.{name}"] = float(np.mean(scored))
+        if spec.modality == "cxr":
+            metrics.update(_ctr_error(predicted, truth))
     if "classify" in out:
         probs = torch.softmax(torch.from_numpy(out["classify"]), dim=1).numpy()
-        metrics["auc"] = (auc(probs[:, 1], held_out.labels) if len(classes) == 2
-                          else auc_ovr(probs, held_out.labels))
+        if spec.data:
+            metrics.update(_radiograph_class_metrics(probs, held_out.labels))
+        else:
+            metrics["auc"] = (auc(probs[:, 1], held_out.labels) if len(classes) == 2
+                              else auc_ovr(probs, held_out.labels))
     if "denoise" in out:
         den = np.clip(out["denoise"], 0, 1)
         noisy, clean = held_out.noisy_tiles, held_out.clean_tiles
@@ -387,10 +414,48 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
 # --- internals ------------------------------------------------------------------------------
 
 
+def _ctr_error(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """The mean absolute error of the cardiothoracic ratio over the images with all three
+    reference masks (an unmeasurable prediction counts as an error of the whole ratio)."""
+    from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
+
+    errors = []
+    for p, t in zip(predicted, truth, strict=True):
+        reference, _ = cardiothoracic_ratio(*t)
+        if reference is not None:
+            measured, _ = cardiothoracic_ratio(*p)
+            errors.append(reference if measured is None else abs(measured - reference))
+    return {"ctr_abs_error": float(np.mean(errors))} if errors else {}
+
+
+def _radiograph_class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """With the class OTHER (radiographs.py): the AUC of the classes before it, on the images
+    that have one (the probability of the second given not OTHER), and the share of chest
+    radiographs kept (OTHER under one half) and of negatives refused."""
+    chest, other = labels != OTHER, labels == OTHER
+    known = labels >= 0
+    known &= chest
+    given_chest = probs[:, 1] / np.maximum(probs[:, :OTHER].sum(axis=1), 1e-12)
+    refused = probs[:, OTHER] >= 0.5
+    return {"auc": auc(given_chest[known], labels[known]),
+            "chest_kept": float(np.mean(~refused[chest])) if chest.any() else math.nan,
+            "other_refused": float(np.mean(refused[other])) if other.any() else math.nan}
+
+
+def _pool(spec: RunSpec) -> PhantomPool | RadiographPool:
+    if spec.data:
+        return RadiographPool(spec.data, image_size=spec.image_size, seed=spec.seed)
+    return PhantomPool(spec.modality, first=spec.seed * 1_000_000, size=spec.pool,
+                       image_size=spec.image_size, seed=spec.seed)
+
+
 @functools.lru_cache(maxsize=1)
-def _validation_set(modality: str, n: int, size: int) -> HeldOut:
-    """The first `n` validation phantoms, built once per process: the runs of a comparison
-    all validate on them, and 256 radiographs at their own sizes take minutes to draw."""
+def _validation_set(modality: str, n: int, size: int, data: tuple[str, ...] = ()) -> HeldOut:
+    """The first `n` validation phantoms, or the validation split of the `data` folders,
+    built once per process: the runs of a comparison all validate on them, and 256
+    radiographs at their own sizes take minutes to draw."""
+    if data:
+        return radiograph_held_out(data, size)
     return held_out_arrays(modality, range(VALIDATION_SEED, VALIDATION_SEED + n), size)
 
 

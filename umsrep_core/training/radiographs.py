@@ -1,0 +1,243 @@
+"""Training data from real chest radiographs: data sets whose labels differ, in one pool.
+
+UMS-Rep learns one encoder from every image, whatever it is labelled for (the paper's unified
+representation): JSRT/SCR gives lung and heart masks, NIH ChestX-ray8 normal or pneumonia, and
+every image is a denoising target (synthetic noise on its own pixels). A batch mixes:
+- whole radiographs letterboxed to the model size as the Predictor letterboxes a received one,
+  with random geometry and contrast; half from images with masks, half from images with a
+  class; a target an image lacks is unknown (masks NaN; label CHEST, "a chest, class unknown");
+- tiles of the radiographs' own pixels with noise added, for the denoiser, which serves the
+  source grid in tiles (no segmentation or class target: NO_CLASS);
+- negatives, the images the model must learn not to measure (class OTHER, the last class):
+  radiographs turned or inverted, a part of the body filling the image, drawn radiographs of
+  other anatomy, spectral Doppler strips, flat and noise fields.
+Validation (`radiograph_held_out`) draws the same kinds from the data sets' validation split
+of patients, with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from umsrep_core.data import open_dataset, split
+from umsrep_core.imaging.geometry import Letterbox
+from umsrep_core.measure.chest import STRUCTURES
+from umsrep_core.models.bundle import OTHER_CLASS
+from umsrep_core.phantoms.doppler import make_doppler
+from umsrep_core.phantoms.other import make_other_radiograph
+from umsrep_core.training.data import CHEST, NO_CLASS, NO_TARGET, Batch, HeldOut
+
+__all__ = ["CLASS_LABELS", "NEGATIVES", "NOISE", "OTHER", "RadiographPool",
+           "radiograph_held_out"]
+
+CLASS_LABELS = ["normal", "pneumonia", OTHER_CLASS]
+OTHER = CLASS_LABELS.index(OTHER_CLASS)
+NEGATIVES = ("turned", "inverted", "part", "drawn", "doppler", "field")
+NOISE = (0.01, 0.08)  # the range of the denoiser's synthetic noise (standard deviation)
+VALIDATION_NOISE = 0.05
+_UNKNOWN = float(NO_TARGET)  # as torch takes it
+_TILES_FROM = 4  # a tile per this many images of a batch's radiographs, as many negatives
+# Drawn radiographs of other anatomy take a tenth of a second each: a bank is drawn once, and
+# a batch picks from it; validation draws its own, from other seeds.
+_DRAWN, _DRAWN_VALIDATION_SEED = 64, 1_000_000
+
+
+class _Split:
+    """One split of the data sets: whole images letterboxed, masks, labels, own pixels; and
+    a bank of drawn radiographs of other anatomy for its negatives."""
+
+    def __init__(self, folders: Sequence[str], which: str, size: int, *, drawn_seed: int
+                 ) -> None:
+        wholes, masks, labels, sources = [], [], [], []
+        for folder in folders:
+            for sample in split(open_dataset(Path(folder)), which):
+                box = Letterbox.fit(sample.image.shape, size)  # as the Predictor's
+                wholes.append(box.to_model(sample.image))
+                known = all(s in sample.masks for s in STRUCTURES)
+                masks.append(np.stack([box.to_model(sample.masks[s].astype(np.float32)) > 0.5
+                                       for s in STRUCTURES]) if known else None)
+                labels.append(CHEST if sample.label is None else int(sample.label))
+                # 8 bits are what the shared sets hold; they keep a thousand radiographs'
+                # own pixels in a few hundred MB
+                sources.append(np.rint(sample.image * 255).astype(np.uint8))
+        if not wholes:
+            raise ValueError(f"no images in the {which} split of {list(folders)}")
+        self.wholes = np.stack(wholes).astype(np.float32)[:, None].copy()
+        self.masked = np.array([m is not None for m in masks])
+        self.masks = np.stack([m for m in masks if m is not None] or
+                              [np.zeros((len(STRUCTURES), size, size), bool)])
+        self.mask_of = np.cumsum(self.masked) - 1  # image index -> row of self.masks
+        self.labels = np.array(labels, np.int64)
+        self.sources = sources
+        self.drawn = [_letterboxed(make_other_radiograph(seed), size)
+                      for seed in range(drawn_seed, drawn_seed + _DRAWN)]
+
+
+class RadiographPool:
+    """Batches of real radiographs (see the module docstring) from data set `folders`' train
+    split. Its images are fixed; its random generator is part of a checkpoint."""
+
+    def __init__(self, folders: Sequence[str], *, image_size: int, seed: int = 0) -> None:
+        self.size = image_size
+        self.data = _Split(folders, "train", image_size, drawn_seed=seed * _DRAWN)
+        self.with_masks = np.flatnonzero(self.data.masked)
+        self.with_class = np.flatnonzero(self.data.labels >= 0)
+        if not len(self.with_masks) or not len(self.with_class):
+            raise ValueError(f"{list(folders)}: training needs images with masks and images "
+                             "with a class")
+        self.rng = np.random.default_rng(seed)
+        self.torch_rng = torch.Generator().manual_seed(seed)
+
+    @property
+    def images(self) -> np.ndarray:
+        """The whole radiographs, (N, 1, size, size): what batch norms are refreshed over."""
+        return self.data.wholes
+
+    def __len__(self) -> int:
+        return len(self.data.wholes)
+
+    def sample(self, batch: int) -> Batch:
+        extra = max(1, batch // (_TILES_FROM * 2))  # tiles, and as many negatives
+        whole = batch - 2 * extra
+        picks = np.concatenate([self.rng.choice(self.with_masks, whole // 2),
+                                self.rng.choice(self.with_class, whole - whole // 2)])
+        images, masks = _augment(torch.from_numpy(self.data.wholes[picks]),
+                                 self._masks(picks), self.torch_rng)
+        labels = torch.from_numpy(self.data.labels[picks])
+        noisy, clean = _tiles(self.data.sources, self.rng.integers(len(self), size=extra),
+                              self.size, self.rng)
+        negatives = torch.from_numpy(np.stack([
+            _negative(kind, self.data, self.size, self.rng)
+            for kind in self.rng.choice(NEGATIVES, extra)])[:, None])
+        return (torch.cat([images, torch.from_numpy(noisy), negatives]),
+                torch.cat([torch.full_like(images, _UNKNOWN), torch.from_numpy(clean),
+                           torch.full_like(negatives, _UNKNOWN)]),
+                torch.cat([masks, *(torch.full((extra, len(STRUCTURES), self.size,
+                                                self.size), _UNKNOWN),) * 2]),
+                torch.cat([labels, torch.full((extra,), NO_CLASS),
+                           torch.full((extra,), OTHER)]))
+
+    def _masks(self, picks: np.ndarray) -> torch.Tensor:
+        out = torch.full((len(picks), len(STRUCTURES), self.size, self.size), _UNKNOWN)
+        for row, index in enumerate(picks):
+            if self.data.masked[index]:
+                out[row] = torch.from_numpy(self.data.masks[self.data.mask_of[index]])
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "torch_rng": self.torch_rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.torch_rng.set_state(state["torch_rng"])
+
+
+def radiograph_held_out(folders: Sequence[str], size: int, *, seed: int = 0) -> HeldOut:
+    """The validation split of `folders` as a run validates on it: the whole radiographs
+    (masks NaN where unknown), then one negative of each kind per 8 radiographs; a tile of
+    each radiograph's own pixels with noise of VALIDATION_NOISE for the denoiser."""
+    data = _Split(folders, "validation", size, drawn_seed=_DRAWN_VALIDATION_SEED)
+    rng = np.random.default_rng(seed)
+    n = len(data.wholes)
+    kinds = [NEGATIVES[i % len(NEGATIVES)] for i in range(len(NEGATIVES) * max(1, n // 8))]
+    negatives = np.stack([_negative(kind, data, size, rng) for kind in kinds])[:, None]
+    masks = np.full((n + len(kinds), len(STRUCTURES), size, size), NO_TARGET, np.float32)
+    masks[np.flatnonzero(data.masked)] = data.masks
+    noisy, clean = _tiles(data.sources, np.arange(n), size, rng, noise=VALIDATION_NOISE)
+    return HeldOut(np.concatenate([data.wholes, negatives]).astype(np.float32),
+                   np.full((n + len(kinds), 1, size, size), NO_TARGET, np.float32), masks,
+                   np.concatenate([data.labels, np.full(len(kinds), OTHER)]), noisy, clean)
+
+
+# --- drawing --------------------------------------------------------------------------------
+
+
+def _letterboxed(image: np.ndarray, size: int) -> np.ndarray:
+    return Letterbox.fit(image.shape, size).to_model(image)
+
+
+def _augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation (±10°), scale per axis (0.85-1.15: other aspect ratios leave the
+    letterbox's black bands), shift (±6 %), the same for the masks; then a random gamma
+    (0.67-1.5), the display chains' contrast differences that standardising cannot undo."""
+    n = len(images)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator) * 2 - 1
+
+    angle, (sy, sx) = uniform(n) * math.radians(10), 1 + 0.15 * uniform(2, n)
+    shift = 0.06 * uniform(n, 2)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos / sx, -sin / sx, shift[:, 0]], 1),
+                         torch.stack([sin / sy, cos / sy, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images, grid, align_corners=False).clamp(0, 1)
+    gamma = torch.exp(uniform(n, 1, 1, 1) * math.log(1.5))
+    known = masks[:, 0, 0, 0].isfinite()
+    out_masks = masks.clone()
+    if known.any():
+        out_masks[known] = (F.grid_sample(masks[known], grid[known], align_corners=False)
+                            > 0.5).float()
+    return moved**gamma, out_masks
+
+
+def _tiles(sources: Sequence[np.ndarray], picks: np.ndarray, size: int,
+           rng: np.random.Generator, noise: float | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """A `size` tile of each picked image's own pixels (inside its middle, where the
+    anatomy is) with Gaussian noise of `noise`, or of a random level in NOISE: (noisy,
+    clean), (n, 1, size, size)."""
+    noisy, clean = [], []
+    for index in picks:
+        image = sources[int(index)].astype(np.float32) / 255
+        h, w = image.shape
+        y, x = (int(rng.integers(max(0, n // 6), max(1, 5 * n // 6 - size) + 1))
+                if n > size else 0 for n in (h, w))
+        tile = np.zeros((size, size), np.float32)
+        part = image[y:y + size, x:x + size]
+        tile[:part.shape[0], :part.shape[1]] = part
+        sigma = noise if noise is not None else rng.uniform(*NOISE)
+        # clipped as a received image's values are: [0, 1] is all the display range holds
+        noisy.append(np.clip(tile + rng.normal(0, sigma, tile.shape), 0, 1).astype(np.float32))
+        clean.append(tile)
+    return np.stack(noisy)[:, None], np.stack(clean)[:, None]
+
+
+def _negative(kind: str, data: _Split, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One image of class OTHER, (size, size) float32 in [0, 1]."""
+    index = int(rng.integers(len(data.wholes)))
+    whole = data.wholes[index, 0]
+    if kind == "turned":  # on its side or upside down: not the view the masks know
+        turned: np.ndarray = np.rot90(whole, int(rng.integers(1, 4))).copy()
+        return turned
+    if kind == "inverted":  # a negative: a photometric interpretation read the wrong way
+        inverted: np.ndarray = 1 - whole
+        return inverted
+    if kind == "part":  # a part of the body fills the image (a shoulder, the abdomen...)
+        source = data.sources[index].astype(np.float32) / 255
+        h, w = source.shape
+        side = int(min(h, w) * rng.uniform(0.25, 0.45))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        return _letterboxed(source[y:y + side, x:x + side], size)
+    if kind == "drawn":  # turned any way: a hand or a limb has no up
+        drawn: np.ndarray = np.rot90(data.drawn[int(rng.integers(len(data.drawn)))],
+                                     int(rng.integers(4))).copy()
+        return drawn
+    if kind == "doppler":
+        strip = make_doppler(int(rng.integers(2**31))).image.astype(np.float32) / 255
+        return _letterboxed(strip, size)
+    # a field: smooth shading and noise, no anatomy at all
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    a, b, c = rng.uniform(-1, 1, 3)
+    field = 0.5 + 0.3 * (a * yy + b * xx + c * yy * xx) + rng.normal(0, rng.uniform(0, 0.2),
+                                                                    (size, size))
+    flat: np.ndarray = np.clip(field, 0, 1).astype(np.float32)
+    return flat
