@@ -45,6 +45,7 @@ ONE_PIECE = 0.7  # share of a mask in its largest connected part (SCR: 1.0): not
 HEART_ON_LUNGS = 0.5  # most share of the heart lying on lung masks (SCR: at most 0.02)
 HEART_IN_THORAX = 0.8  # least share of the heart between the lungs' outer borders (SCR: 1.0)
 LABEL_GRID = 256  # connected parts are found on masks pooled to at most this many pixels a side
+CHECK_GRID = 512  # masks checked on every k-th pixel, at most this many a side (2k px: 13 ms, not 120)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def not_a_frontal_chest(masks: dict[str, np.ndarray]) -> str | None:
     missing = [name for name in STRUCTURES if name not in masks]
     if missing:
         return f"no {', '.join(missing)} mask"
-    bools = {name: np.asarray(masks[name], dtype=bool) for name in STRUCTURES}
+    step = max(1, -(-max(np.shape(masks["heart"])) // CHECK_GRID))
+    bools = {name: np.asarray(masks[name], dtype=bool)[::step, ::step] for name in STRUCTURES}
     for name, (low, high) in IMAGE_SHARES.items():
         share = float(bools[name].mean())
         if not low <= share <= high:
