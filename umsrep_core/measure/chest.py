@@ -45,7 +45,7 @@ ONE_PIECE = 0.7  # share of a mask in its largest connected part (SCR: 1.0): not
 HEART_ON_LUNGS = 0.5  # most share of the heart lying on lung masks (SCR: at most 0.02)
 HEART_IN_THORAX = 0.8  # least share of the heart between the lungs' outer borders (SCR: 1.0)
 LABEL_GRID = 256  # connected parts are found on masks pooled to at most this many pixels a side
-CHECK_GRID = 512  # masks checked on every k-th pixel, at most this many a side (2k px: 13 ms, not 120)
+CHECK_GRID = 512  # masks checked on every k-th pixel, at most this many a side (2k: 13 ms, not 120)
 
 
 @dataclass
