@@ -78,11 +78,19 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_bundle(tmp_path_factory.mktemp("bundles"), "cxr")
 
 
-def test_a_prediction_whose_masks_are_a_chest_is_applicable(bundle: Path) -> None:
+def test_a_prediction_whose_masks_are_a_chest_is_applicable_and_measured(bundle: Path) -> None:
     phantom = make_chest(0, size=64)  # the tiny model's input size: the letterbox is 1:1
-    p = predictor_drawing(phantom.masks, bundle).predict_array(np.zeros((64, 64), np.float32))
+    predictor = predictor_drawing(phantom.masks, bundle)
+    image = np.zeros((64, 64), np.float32)
+    p = predictor.predict_array(image, pixel_spacing=5.0)  # a 32 cm picture
     assert all((p.masks[n] == phantom.masks[n]).all() for n in STRUCTURES)
-    assert p.not_applicable is None and p.to_json()["not_applicable"] is None
+    doc = p.to_json()
+    assert p.not_applicable is None and doc["not_applicable"] is None
+    assert doc["label"] in ("normal", "abnormal") and doc["ctr"] == pytest.approx(phantom.ctr)
+    assert doc["areas_mm2"] == {n: phantom.masks[n].sum() * 25.0 for n in STRUCTURES}
+    unscaled = predictor.predict_array(image).to_json()  # no spacing: no areas, and why
+    assert unscaled["areas_mm2"] == dict.fromkeys(STRUCTURES)
+    assert "pixel spacing missing: areas in mm2 not measured" in unscaled["reasons"]
 
 
 def test_a_prediction_whose_masks_are_no_chest_says_why(bundle: Path) -> None:
