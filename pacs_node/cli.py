@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--aec", default="ANY-SCP", help="called AE title (default ANY-SCP)")
         p.add_argument("--aet", default="UMSREP", help="calling AE title (default UMSREP)")
 
-    p = command("samples", _samples, "write a synthetic study (phantom data) as DICOM files")
+    p = command("samples", _samples, "write a sample study as DICOM files (cr, dx: real chests)")
     p.add_argument("out", type=Path)
     p.add_argument("--kind", default="cr", choices=["cr", "dx", "us_doppler", "us_bmode", "ct"])
     p.add_argument("--count", type=int, default=1)

@@ -1,13 +1,20 @@
-"""Synthetic DICOM objects for demos, tests and benchmarks: phantoms, never patient data.
+"""DICOM objects for demos, tests and benchmarks: made-up identities, real chest pixels.
 
 Every object is complete as a modality would send it (patient, study, series, equipment and
 image modules, file meta) and deterministic: the same seed gives the same UIDs, dates and
 pixels, so reruns and other machines agree. UIDs are `2.25.` UIDs of name-based UUIDs
-derived from the kind, the seed and the instance number (see `uid`).
+derived from the kind, the seed and the instance number (see `uid`). Names, IDs and dates are
+made up (PHANTOM^...): no object describes a real person.
 
-Pixels are cheap unless given: a smooth cached base image plus a slice of a cached noise
-buffer at a per-image offset, so sixty 2048 x 1760 CR images (about 7.2 MB each, the receiving
-benchmark's size) are made in about a second. Real phantoms (umsrep_core) come in as `pixels`.
+The pixels of CR and DX objects are real chest radiographs: two frontal images of NIH
+ChestX-ray8, de-identified public data released for use without restriction (sample_images/,
+its README holds the acknowledgement, which each object carries in ImageComments). Every
+other kind's pixels are synthetic, and so are any given as `pixels` (the phantoms of
+umsrep_core come in that way).
+
+Pixels are cheap: a base image cached per picture and size plus a slice of a cached noise
+buffer at a per-image offset, so instances differ and sixty 2048 x 1760 CR images (about
+7.2 MB each, the receiving benchmark's size) are made in about a second.
 
     write_study(Path("out"), "cr", seed=1, count=60)
 
@@ -25,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -56,8 +64,32 @@ UNITS_CM = 3
 FLAG_SCALING_PROTECTED = 0b10
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:umsrep:samples")
-_NOISE_SPAN = 64  # noise added to synthetic X-ray / CT pixels, stored values
+_NOISE_SPAN = 64  # noise added to X-ray / CT pixels, stored values
 _NOISE_PAD = 65_521  # extra noise samples: the per-image offset range
+
+
+@dataclass(frozen=True)
+class ChestImage:
+    """A real chest radiograph shipped in sample_images/ (512 x 512, 8-bit, display order)."""
+
+    file: str  # under sample_images/
+    label: str  # ChestX-ray8's label, mined from the report
+    original: str  # ChestX-ray8's file name (patient_follow-up)
+
+
+SAMPLE_IMAGES = Path(__file__).parent / "sample_images"
+# Both from patients of the validation split that training holds out
+# (umsrep_core.data.is_validation): the packaged model never saw them.
+CHEST_IMAGES = (ChestImage("nih-normal.png", "normal", "00002754_000.png"),
+                ChestImage("nih-pneumonia.png", "pneumonia", "00001317_000.png"))
+ACKNOWLEDGEMENT = (
+    "Image: NIH Clinical Center, ChestX-ray8 (Wang X, Peng Y, Lu L, Lu Z, Bagheri M, "
+    "Summers RM. ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on "
+    "Weakly-Supervised Classification and Localization of Common Thorax Diseases. "
+    "IEEE CVPR 2017)")
+# ChestX-ray8 publishes no spacing with its resized images: about 0.14 mm over some 3000
+# pixels, a 41 cm field, became 1024 and then 512 pixels.
+_CHEST_SPACING_MM = 0.8  # at 512 pixels
 
 
 def ds_value(number: float) -> str:
@@ -206,18 +238,34 @@ def _noise_slice(rows: int, columns: int, *parts: object) -> np.ndarray:
     return _noise(n)[offset:offset + n].reshape(rows, columns)
 
 
-@lru_cache(maxsize=4)
-def _chest_base(rows: int, columns: int) -> np.ndarray:
-    """A smooth chest-like picture, 12-bit MONOCHROME2: bright mediastinum, dark lungs."""
-    y = np.linspace(-1.0, 1.0, rows, dtype=np.float32)[:, None]
-    x = np.linspace(-1.0, 1.0, columns, dtype=np.float32)[None, :]
-    body = np.clip(1.15 - (x / 0.95) ** 2 - 0.25 * y**2, 0.0, 1.0)  # the torso, bright
-    lungs = np.zeros((rows, columns), dtype=np.float32)
-    for cx in (-0.42, 0.42):
-        r2 = ((x - cx) / 0.33) ** 2 + ((y + 0.05) / 0.7) ** 2
-        lungs = np.maximum(lungs, np.clip(1.0 - r2, 0.0, 1.0) ** 0.5)
-    image = 400.0 + 3000.0 * body - 1900.0 * lungs + 250.0 * (y + 1.0)
-    out: np.ndarray = np.clip(image, 0, 4095 - _NOISE_SPAN).astype(np.uint16)
+def chest_image(seed: int, instance_number: int = 1) -> ChestImage:
+    """The real radiograph a CR or DX sample shows: they alternate by seed and instance."""
+    return CHEST_IMAGES[(seed + instance_number - 1) % len(CHEST_IMAGES)]
+
+
+def _cover_box(rows: int, columns: int, side: int) -> tuple[float, float, float, float]:
+    """The centre of a square `side` image at the aspect of rows x columns: a portrait
+    request trims the sides, a landscape one the top and bottom; nothing is stretched."""
+    height = min(side, side * rows / columns)
+    width = min(side, side * columns / rows)
+    return (side - width) / 2, (side - height) / 2, (side + width) / 2, (side + height) / 2
+
+
+def chest_spacing(rows: int, columns: int) -> float:
+    """The pixel spacing (mm) of a real chest sample made at rows x columns."""
+    _, y0, _, y1 = _cover_box(rows, columns, 512)
+    return _CHEST_SPACING_MM * (y1 - y0) / rows
+
+
+@lru_cache(maxsize=8)
+def _chest_base(file: str, rows: int, columns: int) -> np.ndarray:
+    """The shipped radiograph resampled to rows x columns, 12-bit, room left for the noise."""
+    with Image.open(SAMPLE_IMAGES / file) as png:
+        source = png.convert("F")  # float: resampling keeps the values between the 8 bits
+    box = _cover_box(rows, columns, source.width)
+    resized = np.asarray(source.resize((columns, rows), Image.Resampling.BICUBIC, box=box))
+    scaled = np.clip(resized, 0.0, 255.0) * ((4095 - _NOISE_SPAN) / 255.0) + 0.5
+    out: np.ndarray = scaled.astype(np.uint16)
     out.flags.writeable = False
     return out
 
@@ -246,11 +294,11 @@ def _us_noise(rows: int, columns: int, *parts: object) -> np.ndarray:
 # --- CR / DX --------------------------------------------------------------------------------
 
 
-def _xray_pixels(pixels: np.ndarray | None, rows: int, columns: int, monochrome: str,
-                 *parts: object) -> tuple[np.ndarray, int]:
+def _xray_pixels(pixels: np.ndarray | None, chest: ChestImage, rows: int, columns: int,
+                 monochrome: str, *parts: object) -> tuple[np.ndarray, int]:
     """The stored pixels and BitsStored: 12 unless the given pixels need more."""
     if pixels is None:
-        image = _chest_base(rows, columns) + _noise_slice(rows, columns, *parts)
+        image = _chest_base(chest.file, rows, columns) + _noise_slice(rows, columns, *parts)
         bits = 12
     else:
         image, bits = _as_unsigned(pixels)
@@ -280,7 +328,7 @@ def _as_unsigned(pixels: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _xray(kind: str, seed: int, *, study_uid: str | None, series_uid: str | None,
           instance_number: int, pixels: np.ndarray | None, rows: int, columns: int,
-          monochrome: str, body_part: str, view: str, pixel_spacing: float) -> Dataset:
+          monochrome: str, body_part: str, view: str, pixel_spacing: float | None) -> Dataset:
     if monochrome not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"monochrome must be MONOCHROME1 or MONOCHROME2, not {monochrome!r}")
     ids = _ids(kind, seed, study_uid, series_uid, instance_number)
@@ -290,8 +338,16 @@ def _xray(kind: str, seed: int, *, study_uid: str | None, series_uid: str | None
                modality="DX" if dx else "CR", patient="CXR",
                study_description=f"XR {body_part} {view}".strip(),
                series_description=f"{body_part} {view}".strip())
-    image, bits = _xray_pixels(pixels, rows, columns, monochrome, kind, seed, ids.study_uid,
-                               instance_number)
+    chest = chest_image(seed, instance_number)
+    image, bits = _xray_pixels(pixels, chest, rows, columns, monochrome, kind, seed,
+                               ids.study_uid, instance_number)
+    if pixels is None:
+        ds.DeidentificationMethod = "NIH ChestX-ray8, de-identified by the NIH Clinical Center"
+        ds.ImageComments = (f"{ACKNOWLEDGEMENT}. File {chest.original}, labelled "
+                            f"{chest.label}. Name, IDs and dates made up.")
+        spacing = chest_spacing(rows, columns) if pixel_spacing is None else pixel_spacing
+    else:
+        spacing = 0.143 if pixel_spacing is None else pixel_spacing
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.BodyPartExamined = body_part
     ds.ViewPosition = view
@@ -301,7 +357,7 @@ def _xray(kind: str, seed: int, *, study_uid: str | None, series_uid: str | None
     ds.XRayTubeCurrent = 250
     ds.Exposure = 3
     ds.DistanceSourceToDetector = "1800"
-    ds.ImagerPixelSpacing = ds.PixelSpacing = [ds_value(pixel_spacing)] * 2
+    ds.ImagerPixelSpacing = ds.PixelSpacing = [ds_value(spacing)] * 2
     _set_pixels(ds, image, bits_stored=bits, photometric=monochrome)
     top = (1 << bits) - 1
     ds.WindowCenter = str((top + 1) // 2)
@@ -349,11 +405,14 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 def cr_dataset(seed: int, *, study_uid: str | None = None, series_uid: str | None = None,
                instance_number: int = 1, pixels: np.ndarray | None = None, rows: int = 2048,
                columns: int = 1760, monochrome: str = "MONOCHROME2", body_part: str = "CHEST",
-               view: str = "PA", pixel_spacing: float = 0.143) -> Dataset:
+               view: str = "PA", pixel_spacing: float | None = None) -> Dataset:
     """A CR image: 16-bit allocated, BitsStored 12 unless `pixels` need more.
 
-    `pixels` (2D) are stored values: unsigned integers as they are (8-bit stays 8-bit), floats
-    clipped to [0, 1] and scaled to 12 bits; their shape overrides `rows` and `columns`.
+    Without `pixels`, a real chest radiograph (`chest_image(seed, instance_number)`)
+    resampled to rows x columns, its centre at their aspect, with per-instance noise; its
+    pixel spacing by default `chest_spacing(rows, columns)`. `pixels` (2D) are stored values:
+    unsigned integers as they are (8-bit stays 8-bit), floats clipped to [0, 1] and scaled to
+    12 bits; their shape overrides `rows` and `columns`; spacing 0.143 mm by default.
     With MONOCHROME1 the values are inverted so that the picture looks the same.
     """
     return _xray("cr", seed, study_uid=study_uid, series_uid=series_uid,
@@ -365,7 +424,7 @@ def cr_dataset(seed: int, *, study_uid: str | None = None, series_uid: str | Non
 def dx_dataset(seed: int, *, study_uid: str | None = None, series_uid: str | None = None,
                instance_number: int = 1, pixels: np.ndarray | None = None, rows: int = 2048,
                columns: int = 1760, monochrome: str = "MONOCHROME2", body_part: str = "CHEST",
-               view: str = "PA", pixel_spacing: float = 0.143) -> Dataset:
+               view: str = "PA", pixel_spacing: float | None = None) -> Dataset:
     """A DX image, For Presentation; otherwise as `cr_dataset`."""
     return _xray("dx", seed, study_uid=study_uid, series_uid=series_uid,
                  instance_number=instance_number, pixels=pixels, rows=rows, columns=columns,
@@ -635,7 +694,7 @@ def write_study(out_dir: Path | str, kind: str, seed: int, count: int = 1,
 
 def main_samples(out: Path, kind: str, count: int, seed: int,  # noqa: PLR0917 - the CLI's
                  rows: int | None, columns: int | None) -> int:
-    """`umsrep samples`: write a synthetic study and say where and which study it is."""
+    """`umsrep samples`: write a sample study and say where and which study it is."""
     kw: dict[str, Any] = {}
     if rows is not None:
         kw["rows"] = rows

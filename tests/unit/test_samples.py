@@ -1,13 +1,15 @@
-"""pacs_node.samples: complete, valid, deterministic synthetic DICOM objects."""
+"""pacs_node.samples: complete, valid, deterministic DICOM objects; real chest pixels."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
@@ -19,7 +21,8 @@ from pydicom.uid import (
 
 from pacs_node import samples
 from pacs_node.attrs import extract, has_spectral_doppler
-from tests.conftest import dciodvfy_errors, overlong_values
+from tests.conftest import dciodvfy_errors, overlong_values, shared_data
+from umsrep_core.data import is_validation
 from umsrep_core.imaging.regions import SpectralRegion
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
@@ -67,10 +70,96 @@ def test_cr_full_size_is_the_benchmark_size(tmp_path: Path) -> None:
     assert (ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored) == (2048, 1760, 16, 12)
     assert ds.BodyPartExamined == "CHEST"
     assert ds.ViewPosition == "PA"
-    assert [float(v) for v in ds.PixelSpacing] == [0.143, 0.143]
+    assert [float(v) for v in ds.PixelSpacing] == [0.2, 0.2]  # the chest's 0.8 mm at 512
     size = samples.write(ds, tmp_path / "cr.dcm").stat().st_size
     assert 7_000_000 < size < 7_500_000
     assert int(ds.pixel_array.max()) < 4096
+
+
+def _shipped(chest: samples.ChestImage) -> np.ndarray:
+    return np.asarray(Image.open(samples.SAMPLE_IMAGES / chest.file), dtype=np.float64)
+
+
+def test_shipped_chest_images_are_small_held_out_and_acknowledged() -> None:
+    assert [c.label for c in samples.CHEST_IMAGES] == ["normal", "pneumonia"]
+    readme = (samples.SAMPLE_IMAGES / "README.md").read_text()
+    for chest in samples.CHEST_IMAGES:
+        path = samples.SAMPLE_IMAGES / chest.file
+        assert path.stat().st_size < 300_000
+        with Image.open(path) as png:
+            assert (png.mode, png.size) == ("L", (512, 512))
+        patient = chest.original.split("_")[0]
+        assert is_validation(patient), f"{chest.original}: the model trains on patient {patient}"
+        assert chest.file in readme and chest.original in readme
+    assert "NIH Clinical Center" in readme and "Wang X" in readme and "CVPR 2017" in readme
+    assert "JSRT" in readme
+
+
+def test_shipped_chest_images_are_the_shared_files_with_their_labels() -> None:
+    root = shared_data("nih-cxr8")
+    labels = {r["file"]: r["label"] for r in json.loads((root / "labels.json").read_text())}
+    for chest in samples.CHEST_IMAGES:
+        assert labels[chest.original] == chest.label
+        shipped = (samples.SAMPLE_IMAGES / chest.file).read_bytes()
+        assert shipped == (root / "images" / chest.original).read_bytes()
+
+
+def test_cr_and_dx_alternate_the_real_chests_by_seed_and_instance() -> None:
+    normal, pneumonia = samples.CHEST_IMAGES
+    assert samples.chest_image(0) == normal and samples.chest_image(1) == pneumonia
+    assert samples.chest_image(0, instance_number=2) == pneumonia
+    assert samples.chest_image(1, instance_number=2) == normal
+    for seed, kind in ((0, "cr"), (1, "dx")):
+        ds = getattr(samples, f"{kind}_dataset")(seed, rows=512, columns=512)
+        expected = np.floor(_shipped(samples.chest_image(seed)) * (4095 - 64) / 255 + 0.5)
+        noise = ds.pixel_array.astype(np.float64) - expected  # the per-instance slice
+        assert noise.min() >= 0 and noise.max() <= 63 and noise.std() > 10, kind
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(2048, 1760), (256, 220), (300, 400)])
+def test_a_real_chest_is_resampled_to_the_size_asked(rows: int, columns: int) -> None:
+    ds = samples.cr_dataset(0, rows=rows, columns=columns)
+    pixels = ds.pixel_array
+    assert pixels.shape == (rows, columns) and pixels.dtype == np.uint16
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 12, 11)
+    assert int(pixels.max()) < 4096
+    # The picture's centre at the size's aspect, not stretched: the same as Pillow's.
+    box = samples._cover_box(rows, columns, 512)
+    with Image.open(samples.SAMPLE_IMAGES / samples.CHEST_IMAGES[0].file) as png:
+        reference = np.asarray(png.resize((columns, rows), Image.Resampling.BILINEAR, box=box),
+                               dtype=np.float64)
+    assert np.corrcoef(reference.ravel(), pixels.ravel())[0, 1] > 0.98
+    spacing = float(ds.PixelSpacing[0])
+    assert spacing == pytest.approx(samples.chest_spacing(rows, columns), abs=1e-6)
+    # The field of view stays the picture's: 0.8 mm over the 512 pixels taken across.
+    assert columns * spacing == pytest.approx(0.8 * (box[2] - box[0]), rel=1e-6)
+
+
+def test_instances_and_seeds_differ_only_in_their_noise() -> None:
+    a, b = (samples.cr_dataset(0, rows=128, columns=110), samples.cr_dataset(2, rows=128,
+                                                                            columns=110))
+    again = samples.cr_dataset(0, rows=128, columns=110)
+    assert a.PixelData == again.PixelData  # deterministic per seed
+    assert a.PixelData != b.PixelData  # the same chest, another noise slice
+    difference = a.pixel_array.astype(np.int32) - b.pixel_array.astype(np.int32)
+    assert np.abs(difference).max() <= 63
+
+
+def test_real_chest_objects_carry_the_acknowledgement(tmp_path: Path) -> None:
+    for seed, kind in ((0, "cr"), (1, "dx")):
+        [path] = samples.write_study(tmp_path, kind, seed=seed, rows=128, columns=110)
+        ds = dcmread(path)
+        chest = samples.chest_image(seed)
+        assert samples.ACKNOWLEDGEMENT in ds.ImageComments
+        assert chest.original in ds.ImageComments and chest.label in ds.ImageComments
+        assert "NIH Clinical Center" in ds.DeidentificationMethod
+        assert ds.PatientIdentityRemoved == "YES"
+        assert overlong_values(ds) == [], kind
+    # Given pixels are no NIH image and say so.
+    phantom = samples.cr_dataset(1, pixels=np.zeros((8, 8), dtype=np.uint16))
+    assert "ImageComments" not in phantom
+    assert phantom.DeidentificationMethod == "synthetic phantom, no patient data"
+    assert float(phantom.PixelSpacing[0]) == 0.143
 
 
 def test_spectral_doppler_region_detected_only_for_doppler() -> None:
