@@ -33,5 +33,7 @@ def setup(*, as_json: bool = False, debug: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # pynetdicom logs every PDU at INFO; keep its warnings only unless debugging.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # pynetdicom logs every PDU at INFO, highdicom every module it copies into an output:
+    # keep their warnings only unless debugging.
+    for name in ("pynetdicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -83,7 +83,7 @@ SAMPLE_IMAGES = Path(__file__).parent / "sample_images"
 CHEST_IMAGES = (ChestImage("nih-normal.png", "normal", "00002754_000.png"),
                 ChestImage("nih-pneumonia.png", "pneumonia", "00001317_000.png"))
 ACKNOWLEDGEMENT = (
-    "Image: NIH Clinical Center, ChestX-ray8 (Wang X, Peng Y, Lu L, Lu Z, Bagheri M, "
+    "NIH Clinical Center, ChestX-ray8 (Wang X, Peng Y, Lu L, Lu Z, Bagheri M, "
     "Summers RM. ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on "
     "Weakly-Supervised Classification and Localization of Common Thorax Diseases. "
     "IEEE CVPR 2017)")
@@ -343,7 +343,7 @@ def _xray(kind: str, seed: int, *, study_uid: str | None, series_uid: str | None
                                ids.study_uid, instance_number)
     if pixels is None:
         ds.DeidentificationMethod = "NIH ChestX-ray8, de-identified by the NIH Clinical Center"
-        ds.ImageComments = (f"{ACKNOWLEDGEMENT}. File {chest.original}, labelled "
+        ds.ImageComments = (f"Image: {ACKNOWLEDGEMENT}. File {chest.original}, labelled "
                             f"{chest.label}. Name, IDs and dates made up.")
         spacing = chest_spacing(rows, columns) if pixel_spacing is None else pixel_spacing
     else:

@@ -1,12 +1,14 @@
 """`umsrep demo`: the whole product on the embedded default, in one command.
 
 It starts a node on a free loopback port with no broker (the pipeline runs in the node's own
-pool), writes synthetic studies (a chest CR and a mitral-inflow Doppler strip made from the
-phantoms, a lateral chest view the rules only store, a CR of a leg that names no body part,
-which the chest pipeline takes and skips as no chest, a CT that is only stored), sends them
-over DICOM as a PACS would, waits until every study has settled and its results are
-delivered, prints the findings and measurements, and writes under OUT the DICOM objects that
-came back (OUT/data/results) and PNG overlays of the masks (OUT/overlays).
+pool), writes sample studies (two real chest radiographs of NIH ChestX-ray8 from patients the
+chest model never trained on, a CR labelled normal and a DX labelled pneumonia; a
+mitral-inflow Doppler strip from the phantoms; a lateral chest view the rules only store; a
+synthetic CR of a leg that names no body part, which the chest pipeline takes and skips as no
+chest; a CT that is only stored), sends them over DICOM as a PACS would, waits until every
+study has settled and its results are delivered, prints one line per finding (what was sent,
+label, probability, measurements, or why there are none), and writes under OUT the DICOM
+objects that came back (OUT/data/results) and PNG overlays of the masks (OUT/overlays).
 """
 
 from __future__ import annotations
@@ -27,27 +29,31 @@ from pacs_node.node import Node
 from pacs_node.yamlconf import load_config
 from umsrep_core.evaluation.report import overlay
 from umsrep_core.imaging.pixels import read_frames
-from umsrep_core.phantoms.chest import make_chest
 from umsrep_core.phantoms.doppler import make_doppler
 
 SETTLED = ("done", "failed", "ignored", "skipped")
 
 
-def demo_studies(folder: Path) -> list[list[Path]]:
-    # MONOCHROME2: samples.cr_dataset takes display-oriented pixels (it inverts for MONO1).
-    chest = make_chest(1, size=1024, abnormal=True, photometric="MONOCHROME2")
-    cr = samples.cr_dataset(1, pixels=chest.image, monochrome=chest.photometric,
-                            pixel_spacing=chest.pixel_spacing_mm)
+def demo_studies(folder: Path) -> list[tuple[str, list[Path]]]:
+    """What each study is, and its files."""
+    # Seeds 0 and 1 draw the two real chests (samples.chest_image): normal, then pneumonia.
+    normal, pneumonia = samples.chest_image(0), samples.chest_image(1)
     doppler = make_doppler(2, kind="mitral_inflow")
     us = samples.us_doppler_dataset(2, pixels=doppler.image, region=doppler.region)
-    lateral = samples.cr_dataset(3, pixels=chest.image, monochrome=chest.photometric,
-                                 view="LL")
+    lateral = samples.cr_dataset(3, view="LL", rows=1024, columns=880)
     leg = samples.cr_dataset(5, pixels=leg_pixels(1024, 768), body_part="", view="")
     leg.Laterality = ""  # Type 2C, unknown: a part not named may be a paired one
-    return [[samples.write(cr, folder / "cr.dcm")], [samples.write(us, folder / "doppler.dcm")],
-            [samples.write(lateral, folder / "lateral.dcm")],
-            [samples.write(leg, folder / "leg.dcm")],
-            samples.write_study(folder / "ct", "ct", 4, count=3, rows=128, columns=128)]
+    return [
+        (f"CR chest PA, NIH {normal.label}", [samples.write(samples.cr_dataset(0),
+                                                            folder / "cr.dcm")]),
+        (f"DX chest PA, NIH {pneumonia.label}", [samples.write(samples.dx_dataset(1),
+                                                               folder / "dx.dcm")]),
+        ("US Doppler phantom", [samples.write(us, folder / "doppler.dcm")]),
+        ("CR chest lateral", [samples.write(lateral, folder / "lateral.dcm")]),
+        ("CR leg phantom", [samples.write(leg, folder / "leg.dcm")]),
+        ("CT phantom", samples.write_study(folder / "ct", "ct", 4, count=3, rows=128,
+                                           columns=128)),
+    ]
 
 
 def leg_pixels(rows: int, columns: int) -> np.ndarray:
@@ -70,11 +76,15 @@ def findings(node: Node, key: str) -> list[dict[str, Any]]:
 
 
 def summary(result: dict[str, Any]) -> str:
+    """The measurements of a finding, then why any is missing."""
+    reasons = "; ".join(result.get("reasons") or [])
     if result.get("modality") == "cxr":
         areas = result.get("areas_mm2") or {}
-        lungs = sum(v for k, v in areas.items() if "lung" in k and v) / 100
         ctr = result.get("ctr")
-        return (f"CTR {ctr:.2f}" if ctr is not None else "CTR -") + f", lungs {lungs:.0f} cm2"
+        parts = [f"CTR {ctr:.2f}" if ctr is not None else "CTR -",
+                 f"lungs R {_cm2(areas.get('right_lung'))} L {_cm2(areas.get('left_lung'))}, "
+                 f"heart {_cm2(areas.get('heart'))} cm2"]
+        return "; ".join([", ".join(parts), *([reasons] if reasons else [])])
     parts = [f"{name} {result[key]:.0f} cm/s" for name, key in
              (("peak", "peak_velocity_cm_s"), ("E", "e_cm_s"), ("A", "a_cm_s"))
              if result.get(key) is not None]
@@ -82,7 +92,11 @@ def summary(result: dict[str, Any]) -> str:
         parts.append(f"E/A {result['e_a_ratio']:.2f}")
     if result.get("vti_cm") is not None:
         parts.append(f"VTI {result['vti_cm']:.1f} cm")
-    return ", ".join(parts) or "-"
+    return "; ".join([", ".join(parts) or "-", *([reasons] if reasons else [])])
+
+
+def _cm2(mm2: float | None) -> str:
+    return "-" if mm2 is None else f"{mm2 / 100:.0f}"
 
 
 def write_overlays(results: Path, spool_of: dict[str, str], out: Path) -> list[Path]:
@@ -123,7 +137,9 @@ def run_demo(out: Path, timeout_s: float = 600.0) -> int:
     node.start()
     try:
         studies = demo_studies(out / "sent")
-        files = [f for study in studies for f in study]
+        files = [f for _, study in studies for f in study]
+        what = {pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID: name
+                for name, paths in studies}
         print(f"sending {len(files)} files ({len(studies)} studies) to "
               f"UMSREP@127.0.0.1:{node.port} ...")
         results = sender.send_files("127.0.0.1", node.port, files, called_ae="UMSREP",
@@ -137,11 +153,11 @@ def run_demo(out: Path, timeout_s: float = 600.0) -> int:
             found = findings(node, study.study_key) or [{}]
             for result in found:
                 probability = result.get("probability")
-                rows.append((study.route or "-", study.state,
+                rows.append((study.route or "-", what.get(study.study_uid, "?"), study.state,
                              str(result.get("label") or "-"),
                              f"{probability:.2f}" if probability is not None else "-",
                              summary(result) if result else shown_reason(study.reason)))
-        header = ("ROUTE", "STATE", "FINDING", "PROB", "MEASUREMENTS / REASON")
+        header = ("ROUTE", "STUDY", "STATE", "FINDING", "PROB", "MEASUREMENTS / REASON")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -149,9 +165,10 @@ def run_demo(out: Path, timeout_s: float = 600.0) -> int:
         assert folder is not None
         spool_of = {i.sop_instance_uid: i.path for i in node.journal.all_instances()}
         overlays = write_overlays(folder, spool_of, out / "overlays")
-        print(f"\nDICOM results (SEG, SR): {folder}\nmask overlays: "
-              f"{', '.join(str(p) for p in overlays) or 'none'}\n"
-              "NOT FOR CLINICAL USE: the demo weights are trained on synthetic phantoms.")
+        print(f"\nDICOM results (SEG, SR): {folder}\n"
+              f"mask overlays: {len(overlays)} PNG in {out / 'overlays'}\n"
+              f"chest radiographs: {samples.ACKNOWLEDGEMENT}\n"
+              "NOT FOR CLINICAL USE: research models (README, Models).")
         return 0 if settled(node, len(studies)) else 1
     finally:
         node.stop()

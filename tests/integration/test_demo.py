@@ -9,6 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from pacs_node import samples
 from tests.conftest import dciodvfy_errors, overlong_values
 from tests.unit.test_inference import tiny_bundle
 from umsrep_core.models.bundle import available_bundles
@@ -26,14 +27,26 @@ def test_demo_sends_studies_and_writes_results_and_overlays(tmp_path: Path) -> N
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.startswith("chest-xray") and " done " in line for line in lines)
+    # Both real chest radiographs are processed: a label, its probability, a CTR.
+    for study in ("CR chest PA, NIH normal", "DX chest PA, NIH pneumonia"):
+        [row] = [line for line in lines if study in line]
+        route, state, label, probability = row.replace(study, "").split()[:4]
+        assert (route, state) == ("chest-xray", "done"), row
+        assert label != "-" and 0.0 <= float(probability) <= 1.0, row
+        assert "CTR 0." in row, row
     assert any(line.startswith("echo-doppler") and " done " in line for line in lines)
-    assert any(line.startswith("chest-xray") and "skipped" in line for line in lines)
+    [leg] = [line for line in lines if "CR leg" in line]
+    assert leg.startswith("chest-xray") and " skipped " in leg and "not a frontal chest" in leg
+    assert samples.ACKNOWLEDGEMENT in result.stdout
     assert "NOT FOR CLINICAL USE" in result.stdout
+    assert "highdicom" not in result.stderr  # its INFO lines do not flood the output
     modalities = sorted(pydicom.dcmread(p).Modality
                         for p in (tmp_path / "out/data/results").rglob("*.dcm"))
-    assert modalities == ["SEG", "SEG", "SR", "SR"]
-    assert len(list((tmp_path / "out/overlays").glob("SEG-*.png"))) == 2
+    assert modalities == ["SEG", "SEG", "SEG", "SR", "SR", "SR"]
+    assert len(list((tmp_path / "out/overlays").glob("SEG-*.png"))) == 3
+    for name in ("cr.dcm", "dx.dcm"):  # what a viewer of the sent chests reads
+        assert samples.ACKNOWLEDGEMENT in pydicom.dcmread(tmp_path / "out/sent" / name) \
+            .ImageComments
     # What the demo writes, its phantoms and the results, is valid: no DS over 16 characters.
     for path in [*(tmp_path / "out/sent").rglob("*.dcm"),
                  *(tmp_path / "out/data/results").rglob("*.dcm")]:
