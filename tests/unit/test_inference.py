@@ -186,3 +186,32 @@ def test_a_manifest_with_an_unknown_denoise_grid_is_refused(tmp_path: Path) -> N
                     {"name": "x", "version": "0", "modality": "cxr", "seg_labels": ["a"] * 3,
                      "class_labels": ["n", "a"], "normalisation": {},
                      "denoise_grid": "detector", "training_data": "none"}, tmp_path / "x")
+
+
+@pytest.mark.parametrize(("other_bias", "applies"), [(-8.0, True), (8.0, False)])
+def test_the_class_other_is_the_applicability_score_not_a_label(
+        tmp_path: Path, other_bias: float, applies: bool) -> None:
+    torch.manual_seed(0)
+    model = UMSRep(ModelConfig(width=4, dec_width=4, depth=3, input_size=64, n_classes=3,
+                               hidden=8, standardise=True), heads=("classify",))
+    last = model.heads["classify"].mlp[-1]
+    with torch.no_grad():  # the class "other" made certain, or unlikely, whatever the image
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 1.0, other_bias]))
+    bundle = load_bundle(save_bundle(model, {
+        "name": "other", "version": "0.0.1", "modality": "cxr", "seg_labels": list(STRUCTURES),
+        "class_labels": ["normal", "pneumonia", "other"], "normalisation": {},
+        "training_data": "none (untrained)"}, tmp_path / "b"))
+    predictor = Predictor(bundle, device="cpu")
+    assert predictor.class_labels == ["normal", "pneumonia"]
+    p = predictor.predict_array(np.random.default_rng(0).random((90, 70), dtype=np.float32))
+    # the label's probability is given "a chest": the two classes renormalised
+    assert sum(p.probabilities.values()) == pytest.approx(1.0)
+    assert p.probabilities["pneumonia"] == pytest.approx(np.e / (1 + np.e), abs=1e-4)
+    if applies:
+        assert p.not_applicable is None and p.label == "pneumonia"
+    else:
+        assert p.not_applicable == ("not a frontal chest radiograph: the model scores it 1.00 "
+                                    "as another kind of image")
+        assert (p.label, p.probability, p.measurements["ctr"]) == (None, None, None)
+        assert p.reasons[-1] == f"{p.not_applicable}: nothing measured"

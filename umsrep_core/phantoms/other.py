@@ -62,8 +62,8 @@ def _hand(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarra
     h, w = yy.shape
     palm = (h * 0.7, w * 0.5)
     size = min(h, w)
-    density: np.ndarray = 0.35 * np.clip(-(np.hypot((yy - palm[0]) / 1.2, xx - palm[1]) - size * 0.22) / 6,
-                             0, 1)
+    palm_edge = np.hypot((yy - palm[0]) / 1.2, xx - palm[1]) - size * 0.22
+    density: np.ndarray = 0.35 * np.clip(-palm_edge / 6, 0, 1)
     for k in range(5):
         angle = -0.9 + k * 0.45 + rng.uniform(-0.1, 0.1)
         length = size * rng.uniform(0.35, 0.5) * (0.7 if k == 0 else 1)
@@ -109,14 +109,15 @@ def _pelvis(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndar
 _DRAW = {"limb": _limb, "hand": _hand, "skull": _skull, "pelvis": _pelvis}
 
 
-def make_other_radiograph(seed: int, kind: str | None = None) -> np.ndarray:
-    """A drawn radiograph of `kind` (default: one of OTHER_KINDS from the seed), 256-512 pixels
-    a side, with a detector's noise and a random display contrast."""
+def make_other_radiograph(seed: int, kind: str | None = None, *, side: int = 512
+                          ) -> np.ndarray:
+    """A drawn radiograph of `kind` (default: one of OTHER_KINDS from the seed), `side` / 2 to
+    `side` pixels a side, with a detector's noise and a random display contrast."""
     rng = np.random.default_rng(seed)
     kind = OTHER_KINDS[int(rng.integers(len(OTHER_KINDS)))] if kind is None else kind
     if kind not in _DRAW:
         raise ValueError(f"kind {kind!r}: choose one of {OTHER_KINDS}")
-    h, w = int(rng.integers(256, 513)), int(rng.integers(256, 513))
+    h, w = (int(rng.integers(side // 2, side + 1)) for _ in range(2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     density = _DRAW[kind](yy, xx, rng)
     image = 0.05 + 0.9 * np.clip(density, 0, 1.2) / 1.2

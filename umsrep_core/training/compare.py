@@ -1,4 +1,5 @@
-"""`umsrep model compare`: the paper's comparison of fine-tuning strategies, on phantoms.
+"""`umsrep model compare`: the paper's comparison of fine-tuning strategies, on phantoms or on
+real data sets (`data`: trained on their train split, evaluated on their validation split).
 
 One unsupervised pretraining run; on its encoder, the task heads fine-tuned with the encoder
 frozen, partly unfrozen or fully fine-tuned, heads joint or sequential; a multi-task model from
@@ -74,5 +75,7 @@ def compare(modality: str, out: Path, *, steps: int, pretrain_steps: int | None 
         train(spec, out / name, resume=True, device=device, progress=progress, val=val)
         records.append(load_record(out / name))
     bundle = export(out / served, out / "bundle", name=f"{modality}-{served}")
-    return evaluate(load_bundle(bundle), out=out / "report", n=n,
-                    records=records, size=eval_size, device=device, progress=progress)
+    data = [Path(folder) for folder in common.get("data", ())]
+    return evaluate(load_bundle(bundle), out=out / "report", n=None if data else n, data=data,
+                    split="validation", records=records, size=eval_size, device=device,
+                    progress=progress)

@@ -76,7 +76,7 @@ class _Split:
         self.mask_of = np.cumsum(self.masked) - 1  # image index -> row of self.masks
         self.labels = np.array(labels, np.int64)
         self.sources = sources
-        self.drawn = [_letterboxed(make_other_radiograph(seed), size)
+        self.drawn = [_letterboxed(make_other_radiograph(seed, side=2 * size), size)
                       for seed in range(drawn_seed, drawn_seed + _DRAWN)]
 
 
@@ -199,8 +199,7 @@ def _tiles(sources: Sequence[np.ndarray], picks: np.ndarray, size: int,
     for index in picks:
         image = sources[int(index)].astype(np.float32) / 255
         h, w = image.shape
-        y, x = (int(rng.integers(max(0, n // 6), max(1, 5 * n // 6 - size) + 1))
-                if n > size else 0 for n in (h, w))
+        y, x = (_start(n, size, rng) for n in (h, w))
         tile = np.zeros((size, size), np.float32)
         part = image[y:y + size, x:x + size]
         tile[:part.shape[0], :part.shape[1]] = part
@@ -209,6 +208,17 @@ def _tiles(sources: Sequence[np.ndarray], picks: np.ndarray, size: int,
         noisy.append(np.clip(tile + rng.normal(0, sigma, tile.shape), 0, 1).astype(np.float32))
         clean.append(tile)
     return np.stack(noisy)[:, None], np.stack(clean)[:, None]
+
+
+def _start(n: int, size: int, rng: np.random.Generator) -> int:
+    """A tile's first row (or column) of `n`: inside the middle two thirds, where the anatomy
+    is, where they hold a tile; anywhere else."""
+    if n <= size:
+        return 0
+    low, high = n // 6, 5 * n // 6 - size
+    if high < low:
+        low, high = 0, n - size
+    return int(rng.integers(low, high + 1))
 
 
 def _negative(kind: str, data: _Split, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -224,7 +224,8 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
     if spec.init is not None:
         _load_init(model, Path(spec.init))
         set_trainable(model, spec.strategy)
-    model.to(dev).train()
+    # channels-last: a CPU convolution of few channels runs nearly twice as fast in it
+    model.to(dev, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=spec.lr, weight_decay=1e-4)
     pool = _pool(spec)
@@ -546,12 +547,13 @@ def _schedule(optimiser: torch.optim.Optimizer, spec: RunSpec, phases: dict[int,
 def _step_function(spec: RunSpec, model: UMSRep, pretext: torch.Generator, dev: torch.device
                    ) -> Callable[[Batch, tuple[str, ...]], torch.Tensor]:
     def pretrain_step(batch: Batch, heads: tuple[str, ...]) -> torch.Tensor:
-        x = corrupt(batch[0], pretext).to(dev)
+        x = corrupt(batch[0], pretext).to(dev, memory_format=torch.channels_last)
         return F.l1_loss(model(x, heads=heads)["denoise"], batch[0].to(dev))
 
     def finetune_step(batch: Batch, heads: tuple[str, ...]) -> torch.Tensor:
         on_device: Batch = tuple(t.to(dev) for t in batch)  # type: ignore[assignment]
-        return multitask_loss(model(on_device[0], heads=heads), on_device)
+        x = on_device[0].to(memory_format=torch.channels_last)
+        return multitask_loss(model(x, heads=heads), on_device)
 
     return pretrain_step if spec.stage == "pretrain" else finetune_step
 

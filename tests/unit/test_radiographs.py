@@ -1,0 +1,167 @@
+"""Training on real radiographs: data sets whose labels differ in one pool, unknown targets
+skipped by the losses, negatives of the class "other", validation on held-out patients, and a
+run that trains, resumes exactly and exports a bundle that serves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from umsrep_core.data import is_validation
+from umsrep_core.inference import Predictor
+from umsrep_core.models.bundle import load_bundle
+from umsrep_core.training.data import CHEST, NO_CLASS
+from umsrep_core.training.losses import WEIGHTS, loss_terms
+from umsrep_core.training.radiographs import (
+    NEGATIVES,
+    NOISE,
+    OTHER,
+    RadiographPool,
+    radiograph_held_out,
+)
+from umsrep_core.training.runs import RunSpec, export, train
+
+SIZE = 48  # a multiple of 2**depth, over twice the denoising tiles' margin
+
+
+def _names(prefix: str, validation: bool, count: int) -> list[str]:
+    """`count` names whose patient falls in the split asked for."""
+    names = (f"{prefix}{k:03d}" for k in range(1000))
+    return [n for n in names if is_validation(n) == validation][:count]
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _chest(rng: np.random.Generator, h: int = 48, w: int = 40
+           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A bright body with two dark lungs and a bright heart between them, and its masks."""
+    image = np.full((h, w), 200, np.uint8)
+    masks = {name: np.zeros((h, w), np.uint8) for name in ("right_lung", "left_lung", "heart")}
+    masks["right_lung"][8:40, 4:18] = masks["left_lung"][8:40, 22:36] = 255
+    masks["heart"][24:40, 14:26] = 255
+    image[masks["right_lung"] > 0] = image[masks["left_lung"] > 0] = 60
+    image[masks["heart"] > 0] = 230
+    noisy = image + rng.integers(0, 20, image.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), masks
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    jsrt, nih = root / "jsrt-scr", root / "nih-cxr8"
+    cases = _names("JPCNN", False, 6) + _names("JPCNN", True, 2)
+    for case in cases:
+        image, masks = _chest(rng)
+        _save(jsrt / "images" / f"{case}.png", image)
+        for name, mask in masks.items():
+            _save(jsrt / "masks" / name / f"{case}.png", mask)
+    (jsrt / "cases.json").write_text(json.dumps([{"case": c, "nodule": False, "ctr": 0.4}
+                                                 for c in cases]))
+    rows = []
+    for patient in _names("0000", False, 6) + _names("0000", True, 2):
+        for k, label in enumerate(("normal", "pneumonia")):
+            image, _ = _chest(rng, 40, 40)
+            _save(nih / "images" / f"{patient}_00{k}.png", image // (1 + k))
+            rows.append({"file": f"{patient}_00{k}.png", "patient": patient, "label": label})
+    (nih / "labels.json").write_text(json.dumps(rows))
+    return str(jsrt), str(nih)
+
+
+def test_a_batch_mixes_the_data_sets_with_their_own_targets(folders: tuple[str, str]) -> None:
+    pool = RadiographPool(folders, image_size=SIZE, seed=1)
+    assert len(pool) == 6 + 12 and pool.images.shape == (18, 1, SIZE, SIZE)
+    images, clean, masks, labels = pool.sample(16)
+    assert images.shape == clean.shape == (16, 1, SIZE, SIZE) and masks.shape[1] == 3
+    # 6 radiographs with masks, 6 with a class, 2 denoising tiles, 2 negatives
+    assert labels.tolist()[:6] == [CHEST] * 6 and set(labels[6:12].tolist()) <= {0, 1}
+    assert labels.tolist()[12:] == [NO_CLASS] * 2 + [OTHER] * 2
+    has_masks = masks[:, 0, 0, 0].isfinite()
+    assert has_masks.tolist() == [True] * 6 + [False] * 10
+    assert set(torch.unique(masks[:6]).tolist()) == {0.0, 1.0}
+    has_clean = clean[:, 0, 0, 0].isfinite()
+    assert has_clean.tolist() == [False] * 12 + [True] * 2 + [False] * 2
+    noise = (images[12:14] - clean[12:14]).std().item()
+    assert NOISE[0] / 2 < noise < NOISE[1] * 1.5
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def test_the_augmentation_moves_masks_with_their_image(folders: tuple[str, str]) -> None:
+    pool = RadiographPool(folders, image_size=SIZE, seed=2)
+    images, _, masks, _ = pool.sample(16)
+    for image, mask in zip(images[:6, 0], masks[:6], strict=True):
+        # the lungs are dark in the image wherever their masks say, turned and scaled alike
+        lungs = (mask[0] + mask[1]) > 0
+        assert image[lungs].mean() < image[~lungs & (mask[2] == 0)].mean()
+
+
+def test_resumed_pools_draw_the_same_batches(folders: tuple[str, str]) -> None:
+    first, second = (RadiographPool(folders, image_size=SIZE, seed=3) for _ in range(2))
+    first.sample(8)
+    second.load_state_dict(first.state_dict())
+    for a, b in zip(first.sample(8), second.sample(8), strict=True):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_validation_holds_the_held_out_patients_and_every_kind_of_negative(
+        folders: tuple[str, str]) -> None:
+    held = radiograph_held_out(folders, SIZE)
+    radiographs = 2 + 4  # two JSRT cases, two NIH patients of two images
+    negatives = len(NEGATIVES)
+    assert held.images.shape == (radiographs + negatives, 1, SIZE, SIZE)
+    assert held.labels.tolist()[:2] == [CHEST] * 2 and held.labels[-negatives:].tolist() == [
+        OTHER] * negatives
+    assert np.isfinite(held.masks[:2]).all() and np.isnan(held.masks[2:]).all()
+    assert held.noisy_tiles.shape == held.clean_tiles.shape == (radiographs, 1, SIZE, SIZE)
+
+
+def test_the_class_loss_scores_an_unknown_chest_on_not_being_other() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0], [5.0, 0.0, 0.0]])
+    batch = (torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 4), torch.zeros(3, 3, 4, 4),
+             torch.tensor([CHEST, OTHER, NO_CLASS]))
+    [term] = loss_terms("classify", logits, batch)
+    p = torch.softmax(logits, dim=1)
+    expected = -(torch.log(p[0, 0] + p[0, 1]) + torch.log(p[1, 2])) / 2
+    assert term.item() == pytest.approx(WEIGHTS["classify"] * expected.item(), rel=1e-5)
+
+
+def test_the_segmentation_loss_skips_images_without_masks() -> None:
+    out = torch.randn(2, 3, 4, 4, requires_grad=True)
+    masks = torch.stack([torch.ones(3, 4, 4), torch.full((3, 4, 4), float("nan"))])
+    batch = (torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), masks, torch.zeros(2).long())
+    only_first = loss_terms("segment", out[:1], (*batch[:2], masks[:1], batch[3][:1]))
+    both = loss_terms("segment", out, batch)
+    assert [t.item() for t in both] == pytest.approx([t.item() for t in only_first])
+    sum(both).backward()
+    assert out.grad is not None and (out.grad[1] == 0).all()
+
+
+def test_a_run_on_real_folders_trains_resumes_and_serves(folders: tuple[str, str],
+                                                         tmp_path: Path) -> None:
+    spec = RunSpec("cxr", steps=4, batch=8, image_size=SIZE, data=folders,
+                   model={"width": 4, "dec_width": 4, "depth": 3, "hidden": 8})
+    assert spec.labels[1] == ["normal", "pneumonia", "other"]
+    assert spec.config().standardise and spec.config().n_classes == 3
+    whole = train(spec, tmp_path / "whole", progress=False, val_every=2)
+    assert train(spec, tmp_path / "cut", progress=False, val_every=2, stop_after=3) is None
+    resumed = train(spec, tmp_path / "cut", resume=True, progress=False, val_every=2)
+    assert whole is not None and resumed is not None
+    assert resumed["losses"] == whole["losses"]
+    metrics = whole["metrics"]
+    assert {"dice.heart", "ctr_abs_error", "auc", "chest_kept", "other_refused",
+            "psnr_gain_db"} <= set(metrics)
+    bundle = load_bundle(export(tmp_path / "whole", tmp_path / "bundle", name="real"))
+    assert bundle.manifest["class_labels"] == ["normal", "pneumonia", "other"]
+    assert "real radiographs, the train split of jsrt-scr, nih-cxr8" in bundle.manifest[
+        "training_data"]
+    predictor = Predictor(bundle, device="cpu")
+    [p] = predictor.predict_batch([np.random.default_rng(0).random((50, 40), np.float32)])
+    assert set(p.probabilities) == {"normal", "pneumonia"}
