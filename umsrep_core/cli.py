@@ -9,6 +9,7 @@ errors are UmsrepError subclasses, which the CLI's main turns into one line and 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -44,11 +45,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     def action(name: str, run: Any, help_: str, *, bundle: bool = True
                ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=help_, description=help_)
-        p.set_defaults(run=run)
+        p.set_defaults(run=functools.partial(_with_threads, run))
         if bundle:
             p.add_argument("--bundle", required=True, help="a packaged bundle's name (cxr, "
                            "echo_doppler) or a bundle directory")
         p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: every core "
+                       "this process may use)")
         return p
 
     def training(p: argparse.ArgumentParser, steps: int, out: str) -> None:
@@ -134,6 +137,20 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return model
+
+
+def _with_threads(command: Any, args: argparse.Namespace) -> int:
+    """Run a model command with torch's CPU threads set, and say how many: torch's default
+    (one per physical core) collapses when the machine is shared, so it is always explicit."""
+    import os  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415 - building the parser imports no torch
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    print(f"umsrep model {args.model_command}: {threads} torch threads", file=sys.stderr)
+    code: int = command(args)
+    return code
 
 
 def train_cmd(args: argparse.Namespace) -> int:

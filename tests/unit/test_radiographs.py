@@ -87,11 +87,29 @@ def test_a_batch_mixes_the_data_sets_with_their_own_targets(folders: tuple[str, 
     has_masks = masks[:, 0, 0, 0].isfinite()
     assert has_masks.tolist() == [True] * 6 + [False] * 10
     assert set(torch.unique(masks[:6]).tolist()) == {0.0, 1.0}
+    # every other radiograph is a denoising target too, with the tiles
     has_clean = clean[:, 0, 0, 0].isfinite()
-    assert has_clean.tolist() == [False] * 12 + [True] * 2 + [False] * 2
-    noise = (images[12:14] - clean[12:14]).std().item()
-    assert NOISE[0] / 2 < noise < NOISE[1] * 1.5
+    assert has_clean.tolist() == [False, True] * 6 + [True] * 2 + [False] * 2
+    for noisy in (slice(1, 12, 2), slice(12, 14)):
+        noise = (images[noisy] - clean[noisy]).std().item()
+        assert NOISE[0] / 2 < noise < NOISE[1] * 1.5
     assert images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize(("heads", "composition"), [
+    (("segment",), (16, 0, 0, 0)), (("classify",), (0, 14, 0, 2)), (("denoise",), (0, 0, 16, 0)),
+    (("segment", "classify"), (7, 7, 0, 2)), (("denoise", "segment"), (14, 0, 2, 0))])
+def test_a_separate_model_learns_from_the_images_its_head_has_targets_for(
+        folders: tuple[str, str], heads: tuple[str, ...],
+        composition: tuple[int, int, int, int]) -> None:
+    pool = RadiographPool(folders, image_size=SIZE, heads=heads)
+    assert pool.composition(16) == composition
+    _, clean, masks, labels = pool.sample(16)
+    masked, classed, tiles, negatives = composition
+    assert int(masks[:, 0, 0, 0].isfinite().sum()) == masked
+    assert int((labels >= 0).sum()) == classed + negatives
+    assert int(clean[:, 0, 0, 0].isfinite().sum()) == tiles + (
+        (masked + classed) // 2 if "denoise" in heads else 0)
 
 
 def test_the_augmentation_moves_masks_with_their_image(folders: tuple[str, str]) -> None:

@@ -6,6 +6,7 @@ every image is a denoising target (synthetic noise on its own pixels). A batch m
 - whole radiographs letterboxed to the model size as the Predictor letterboxes a received one,
   with random geometry and contrast; half from images with masks, half from images with a
   class; a target an image lacks is unknown (masks NaN; label CHEST, "a chest, class unknown");
+  every other one with noise added, and itself the denoising target;
 - tiles of the radiographs' own pixels with noise added, for the denoiser, which serves the
   source grid in tiles (no segmentation or class target: NO_CLASS);
 - negatives, the images the model must learn not to measure (class OTHER, the last class):
@@ -81,17 +82,22 @@ class _Split:
 
 
 class RadiographPool:
-    """Batches of real radiographs (see the module docstring) from data set `folders`' train
-    split. Its images are fixed; its random generator is part of a checkpoint."""
+    """Batches of real radiographs (see the module docstring) from data set `folders'` train
+    split, composed for `heads`: a model learns from the images its heads have targets for
+    (a separate segmenter from masked radiographs only, a separate denoiser from tiles only),
+    and a multi-task model from every kind in one batch. Its images are fixed; its random
+    generators are part of a checkpoint."""
 
-    def __init__(self, folders: Sequence[str], *, image_size: int, seed: int = 0) -> None:
-        self.size = image_size
+    def __init__(self, folders: Sequence[str], *, image_size: int, seed: int = 0,
+                 heads: Sequence[str] = ("denoise", "segment", "classify")) -> None:
+        self.size, self.heads = image_size, tuple(heads)
         self.data = _Split(folders, "train", image_size, drawn_seed=seed * _DRAWN)
         self.with_masks = np.flatnonzero(self.data.masked)
         self.with_class = np.flatnonzero(self.data.labels >= 0)
-        if not len(self.with_masks) or not len(self.with_class):
-            raise ValueError(f"{list(folders)}: training needs images with masks and images "
-                             "with a class")
+        for head, have in (("segment", self.with_masks), ("classify", self.with_class)):
+            if head in self.heads and not len(have):
+                raise ValueError(f"{list(folders)}: the {head} head needs images with "
+                                 f"{'masks' if head == 'segment' else 'a class'}")
         self.rng = np.random.default_rng(seed)
         self.torch_rng = torch.Generator().manual_seed(seed)
 
@@ -103,26 +109,44 @@ class RadiographPool:
     def __len__(self) -> int:
         return len(self.data.wholes)
 
+    def composition(self, batch: int) -> tuple[int, int, int, int]:
+        """How many radiographs with masks, with a class, denoising tiles and negatives a
+        batch of `batch` holds. Tiles and negatives are an eighth each beside other heads."""
+        segment, classify, denoise = (h in self.heads for h in ("segment", "classify",
+                                                                 "denoise"))
+        extra = max(1, batch // (2 * _TILES_FROM))
+        tiles = (extra if segment or classify else batch) if denoise else 0
+        negatives = extra if classify else 0
+        whole = batch - tiles - negatives
+        masked = (whole // 2 if classify else whole) if segment else 0
+        return masked, whole - masked, tiles, negatives
+
     def sample(self, batch: int) -> Batch:
-        extra = max(1, batch // (_TILES_FROM * 2))  # tiles, and as many negatives
-        whole = batch - 2 * extra
-        picks = np.concatenate([self.rng.choice(self.with_masks, whole // 2),
-                                self.rng.choice(self.with_class, whole - whole // 2)])
+        masked, classed, tiles, negatives = self.composition(batch)
+        picks = np.concatenate([self.rng.choice(self.with_masks, masked),
+                                self.rng.choice(self.with_class, classed)]).astype(np.int64)
         images, masks = _augment(torch.from_numpy(self.data.wholes[picks]),
                                  self._masks(picks), self.torch_rng)
-        labels = torch.from_numpy(self.data.labels[picks])
-        noisy, clean = _tiles(self.data.sources, self.rng.integers(len(self), size=extra),
-                              self.size, self.rng)
-        negatives = torch.from_numpy(np.stack([
-            _negative(kind, self.data, self.size, self.rng)
-            for kind in self.rng.choice(NEGATIVES, extra)])[:, None])
-        return (torch.cat([images, torch.from_numpy(noisy), negatives]),
-                torch.cat([torch.full_like(images, _UNKNOWN), torch.from_numpy(clean),
-                           torch.full_like(negatives, _UNKNOWN)]),
-                torch.cat([masks, *(torch.full((extra, len(STRUCTURES), self.size,
-                                                self.size), _UNKNOWN),) * 2]),
-                torch.cat([labels, torch.full((extra,), NO_CLASS),
-                           torch.full((extra,), OTHER)]))
+        clean = torch.full_like(images, _UNKNOWN)
+        if "denoise" in self.heads:  # every other radiograph a denoising target as well
+            clean[1::2] = images[1::2]
+            sigma = torch.empty(len(clean[1::2]), 1, 1, 1).uniform_(*NOISE,
+                                                                    generator=self.torch_rng)
+            images[1::2] = (images[1::2] + sigma * torch.randn(
+                images[1::2].shape, generator=self.torch_rng)).clamp(0, 1)
+        noisy, tile_clean = _tiles(self.data.sources, self.rng.integers(len(self), size=tiles),
+                                   self.size, self.rng)
+        others = torch.zeros(negatives, 1, self.size, self.size)
+        for row, kind in enumerate(self.rng.choice(NEGATIVES, negatives)):
+            others[row, 0] = torch.from_numpy(_negative(kind, self.data, self.size, self.rng))
+        unknown = torch.full((tiles + negatives, len(STRUCTURES), self.size, self.size),
+                             _UNKNOWN)
+        return (torch.cat([images, torch.from_numpy(noisy), others]),
+                torch.cat([clean, torch.from_numpy(tile_clean), torch.full_like(others,
+                                                                                _UNKNOWN)]),
+                torch.cat([masks, unknown]),
+                torch.cat([torch.from_numpy(self.data.labels[picks]),
+                           torch.full((tiles,), NO_CLASS), torch.full((negatives,), OTHER)]))
 
     def _masks(self, picks: np.ndarray) -> torch.Tensor:
         out = torch.full((len(picks), len(STRUCTURES), self.size, self.size), _UNKNOWN)
@@ -169,6 +193,8 @@ def _augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generat
     letterbox's black bands), shift (±6 %), the same for the masks; then a random gamma
     (0.67-1.5), the display chains' contrast differences that standardising cannot undo."""
     n = len(images)
+    if not n:  # a batch of tiles alone (a separate denoiser)
+        return images, masks
 
     def uniform(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator) * 2 - 1
@@ -195,19 +221,17 @@ def _tiles(sources: Sequence[np.ndarray], picks: np.ndarray, size: int,
     """A `size` tile of each picked image's own pixels (inside its middle, where the
     anatomy is) with Gaussian noise of `noise`, or of a random level in NOISE: (noisy,
     clean), (n, 1, size, size)."""
-    noisy, clean = [], []
-    for index in picks:
+    noisy = np.zeros((len(picks), 1, size, size), np.float32)
+    clean = np.zeros_like(noisy)
+    for row, index in enumerate(picks):
         image = sources[int(index)].astype(np.float32) / 255
-        h, w = image.shape
-        y, x = (_start(n, size, rng) for n in (h, w))
-        tile = np.zeros((size, size), np.float32)
+        y, x = (_start(n, size, rng) for n in image.shape)
         part = image[y:y + size, x:x + size]
-        tile[:part.shape[0], :part.shape[1]] = part
+        clean[row, 0, :part.shape[0], :part.shape[1]] = part
         sigma = noise if noise is not None else rng.uniform(*NOISE)
         # clipped as a received image's values are: [0, 1] is all the display range holds
-        noisy.append(np.clip(tile + rng.normal(0, sigma, tile.shape), 0, 1).astype(np.float32))
-        clean.append(tile)
-    return np.stack(noisy)[:, None], np.stack(clean)[:, None]
+        noisy[row, 0] = np.clip(clean[row, 0] + rng.normal(0, sigma, (size, size)), 0, 1)
+    return noisy, clean
 
 
 def _start(n: int, size: int, rng: np.random.Generator) -> int:

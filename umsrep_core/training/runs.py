@@ -444,8 +444,9 @@ def _radiograph_class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str
 
 
 def _pool(spec: RunSpec) -> PhantomPool | RadiographPool:
-    if spec.data:
-        return RadiographPool(spec.data, image_size=spec.image_size, seed=spec.seed)
+    if spec.data:  # pretraining learns from every kind of image
+        return RadiographPool(spec.data, image_size=spec.image_size, seed=spec.seed,
+                              heads=HEADS if spec.stage == "pretrain" else spec.heads)
     return PhantomPool(spec.modality, first=spec.seed * 1_000_000, size=spec.pool,
                        image_size=spec.image_size, seed=spec.seed)
 
