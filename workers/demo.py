@@ -77,14 +77,16 @@ def findings(node: Node, key: str) -> list[dict[str, Any]]:
 
 def summary(result: dict[str, Any]) -> str:
     """The measurements of a finding, then why any is missing."""
-    reasons = "; ".join(result.get("reasons") or [])
+    return "; ".join([measurements(result), *(result.get("reasons") or [])])
+
+
+def measurements(result: dict[str, Any]) -> str:
     if result.get("modality") == "cxr":
         areas = result.get("areas_mm2") or {}
         ctr = result.get("ctr")
-        parts = [f"CTR {ctr:.2f}" if ctr is not None else "CTR -",
-                 f"lungs R {_cm2(areas.get('right_lung'))} L {_cm2(areas.get('left_lung'))}, "
-                 f"heart {_cm2(areas.get('heart'))} cm2"]
-        return "; ".join([", ".join(parts), *([reasons] if reasons else [])])
+        return (f"CTR {ctr:.2f}" if ctr is not None else "CTR -") + (
+            f", lungs R {_cm2(areas.get('right_lung'))} L {_cm2(areas.get('left_lung'))}, "
+            f"heart {_cm2(areas.get('heart'))} cm2")
     parts = [f"{name} {result[key]:.0f} cm/s" for name, key in
              (("peak", "peak_velocity_cm_s"), ("E", "e_cm_s"), ("A", "a_cm_s"))
              if result.get(key) is not None]
@@ -92,7 +94,7 @@ def summary(result: dict[str, Any]) -> str:
         parts.append(f"E/A {result['e_a_ratio']:.2f}")
     if result.get("vti_cm") is not None:
         parts.append(f"VTI {result['vti_cm']:.1f} cm")
-    return "; ".join([", ".join(parts) or "-", *([reasons] if reasons else [])])
+    return ", ".join(parts) or "-"
 
 
 def _cm2(mm2: float | None) -> str:
