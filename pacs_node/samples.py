@@ -220,7 +220,7 @@ def _file_meta(ds: Dataset) -> None:
     ds.file_meta = meta
 
 
-# --- cheap synthetic pixels -----------------------------------------------------------------
+# --- cheap pixels ---------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=4)

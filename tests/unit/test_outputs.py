@@ -1,4 +1,4 @@
-"""workers.outputs: SEG, TID 1500 SR and derived images from synthetic CR/DX/US sources."""
+"""workers.outputs: SEG, TID 1500 SR and derived images from sample CR/DX/US sources."""
 
 from __future__ import annotations
 
