@@ -417,14 +417,16 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
 
 def _ctr_error(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """The mean absolute error of the cardiothoracic ratio over the images with all three
-    reference masks (an unmeasurable prediction counts as an error of the whole ratio)."""
+    reference masks, each predicted structure made one solid piece as the Predictor makes it
+    (an unmeasurable prediction counts as an error of the whole ratio)."""
+    from umsrep_core.imaging.morphology import one_solid_piece  # noqa: PLC0415
     from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
 
     errors = []
     for p, t in zip(predicted, truth, strict=True):
         reference, _ = cardiothoracic_ratio(*t)
         if reference is not None:
-            measured, _ = cardiothoracic_ratio(*p)
+            measured, _ = cardiothoracic_ratio(*(one_solid_piece(m) for m in p))
             errors.append(reference if measured is None else abs(measured - reference))
     return {"ctr_abs_error": float(np.mean(errors))} if errors else {}
 
