@@ -44,6 +44,9 @@ from workers.pipeline import heads_for, predictor
 # The heads of a route with the default outputs, SEG and SR: no denoised image.
 ROUTE_HEADS = heads_for(Process(pipeline="cxr", destinations=["results"]), HEADS)
 GOAL_RATIO = 1.2  # issue 5: the pipeline within 1.2x of the bare model call
+# issue 21, a 2k x 2k chest CR on 2 CPU cores: segmentation and classification (decoding and
+# preprocessing included) under 1 s, its denoised image under 3 s
+GOAL_ANALYSIS_MS, GOAL_DENOISED_MS = 1000, 3000
 SEED = 70_707
 
 
@@ -77,15 +80,14 @@ def contenders(model: Predictor, ds: Dataset, stages: list[dict[str, float]]
 
 
 def denoised_image_ms(model: Predictor, ds: Dataset, calls: int = 3) -> float | None:
-    """The optional denoised image alone (a route asking for it): median ms of the head's own
-    work, on the grid the bundle denoises (tiles over the source for the chest bundle)."""
+    """The optional denoised image alone (a route asking for it): median ms of a whole
+    predict_dicom of the denoising head, decoding included, on the grid the bundle denoises
+    (tiles over the source for the chest bundle)."""
     if "denoise" not in model.heads:
         return None
-    times = []
-    for _ in range(calls):
-        model.predict_dicom(ds, heads=("denoise",))
-        times.append(model.timings["inference"])
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(
+        time_call(lambda: model.predict_dicom(ds, heads=("denoise",)), model.device)
+        for _ in range(calls))
 
 
 def interleaved(runs: dict[str, Callable[[], object]], device: torch.device, iterations: int,
@@ -130,16 +132,21 @@ def report_text(data: dict[str, Any]) -> str:
         lines.append(f"{name:<26} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f}")
     lines.append(f"{'umsrep model bench shared':<26} {data['core_bench_shared_ms']:>10.2f}"
                  "           (the core's own run, for reference)")
-    verdict = "PASS" if data["pass"] else "FAIL"
+    verdict = verdict_of(data["pass"])
     lines += ["", "predict_dicom stages (median ms): " + ", ".join(
         f"{k} {v:.2f}" for k, v in data["stages_ms"].items()),
         "", f"pipeline inference vs bare model  {data['ratio']:.2f}x  goal <= "
             f"{data['goal_ratio']:g}x  {verdict}   (medians)",
         f"whole predict_dicom vs bare model {data['whole_ratio']:.2f}x  (source grid work "
         f"included: not the goal's measure; heads {', '.join(data['route_heads'])})"]
+    whole = data["times"]["predict_dicom (whole)"]["median_ms"]
+    lines.append(f"whole predict_dicom {whole:.0f} ms, goal < {GOAL_ANALYSIS_MS} ms "
+                 f"(2k x 2k chest CR, 2 cores)  {verdict_of(whole < GOAL_ANALYSIS_MS)}")
     if data["denoised_image_ms"] is not None:
-        lines.append(f"a denoised image too, when a route asks for it: "
-                     f"{data['denoised_image_ms']:.0f} ms more (bundle denoise_grid "
+        denoised = data["denoised_image_ms"]
+        lines.append(f"a denoised image, when a route asks for it: {denoised:.0f} ms for a "
+                     f"predict_dicom of that head alone, goal < {GOAL_DENOISED_MS} ms  "
+                     f"{verdict_of(denoised < GOAL_DENOISED_MS)}  (bundle denoise_grid "
                      f"{data['denoise_grid']})")
     if data["profile"]:
         lines += ["", f"cProfile of predict_dicom ({data['profile_calls']} calls; project "
@@ -148,6 +155,10 @@ def report_text(data: dict[str, Any]) -> str:
         lines += [f"{r['cum_ms']:>10.2f} {r['self_ms']:>8.2f} {r['calls_per_image']:>6g}  "
                   f"{r['function']}" for r in data["profile"]]
     return "\n".join(lines)
+
+
+def verdict_of(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,7 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="umsrep", description="DICOM pipeline node for UMS-Rep models. "
-        "NOT FOR CLINICAL USE while its weights come from synthetic phantoms.")
+        "NOT FOR CLINICAL USE: its models are research models.")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -38,8 +38,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     """Register `model` and its subcommands on `sub` (the node CLI's subparsers)."""
     model: argparse.ArgumentParser = sub.add_parser(
         "model", help="train, run, evaluate and benchmark UMS-Rep models",
-        description="UMS-Rep: one encoder pass per image, every head. Demo bundles are NOT "
-        "FOR CLINICAL USE (synthetic phantoms).")
+        description="UMS-Rep: one encoder pass per image, every head. The bundles are "
+        "research models, NOT FOR CLINICAL USE.")
     actions = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
     def action(name: str, run: Any, help_: str, *, bundle: bool = True
@@ -195,7 +195,7 @@ def export_cmd(args: argparse.Namespace) -> int:
 
     path = export(args.run_dir, args.out, name=args.name or args.run_dir.name,
                   version=args.version)
-    print(f"bundle written to {path} (NOT FOR CLINICAL USE: trained on synthetic phantoms)")
+    print(f"bundle written to {path} (NOT FOR CLINICAL USE: a research model)")
     return 0
 
 

@@ -30,7 +30,7 @@ __all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "MODALITIES", "OTHER_
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
 MODALITIES = ("cxr", "echo_doppler")
-CLINICAL_USE = "NOT FOR CLINICAL USE: trained on synthetic phantoms"
+CLINICAL_USE = "NOT FOR CLINICAL USE: a research model, not a medical device"
 # Optional manifest key `denoise_grid`: where the denoising head works (see inference.py):
 # "model" (the letterboxed image, the default) or "source" (the image's pixels, in tiles).
 DENOISE_GRIDS = ("model", "source")

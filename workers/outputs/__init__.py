@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pacs_node.attrs import OWN_MANUFACTURER
 
-# Said in every output while the bundled weights come from phantoms.
-NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: trained on synthetic phantoms"
+# Said in every output: the weights are research models.
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: a research model, not a medical device"
 MANUFACTURER = OWN_MANUFACTURER  # the node recognises our outputs by it
 DEVICE_SERIAL_NUMBER = "umsrep"
 
