@@ -222,9 +222,6 @@ def _run_line(record: dict[str, Any]) -> str:
 
 
 def predict_cmd(args: argparse.Namespace) -> int:
-    import pydicom  # noqa: PLC0415 - commands import what they need
-    from pydicom.errors import InvalidDicomError  # noqa: PLC0415
-
     from umsrep_core.imaging.pixels import read_frames  # noqa: PLC0415
     from umsrep_core.inference import Predictor, read_image_file  # noqa: PLC0415
     from umsrep_core.models.bundle import load_bundle  # noqa: PLC0415
@@ -238,11 +235,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
             image = read_image_file(path)
             predictions, images = [predictor.predict_array(image, heads=heads)], [image]
         else:
-            try:
-                ds = pydicom.dcmread(path)
-            except (InvalidDicomError, OSError) as exc:
-                raise InferenceError(f"{path}: not a readable DICOM file or image ({exc})"
-                                     ) from exc
+            ds = _read_dicom(path)
             predictions = predictor.predict_dicom(ds, heads=heads)
             # The frames again, for the PNGs only: the Predictor keeps no pixels it has read.
             images = read_frames(ds) if args.out is not None else []
@@ -257,6 +250,25 @@ def predict_cmd(args: argparse.Namespace) -> int:
         for r in results:
             print(_summary(r))
     return 0
+
+
+def _read_dicom(path: Path) -> Any:
+    """A DICOM file, or a bare dataset without preamble and File Meta, as some modalities
+    write them (a PACS stores those too), when it holds pixel data."""
+    import pydicom  # noqa: PLC0415 - commands import what they need
+    from pydicom.errors import InvalidDicomError  # noqa: PLC0415
+
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, OSError) as exc:
+        try:
+            bare = pydicom.dcmread(path, force=True)
+        except Exception:  # whatever force-reading raises, the first error says it
+            bare = None
+        if bare is None or "PixelData" not in bare:
+            raise InferenceError(f"{path}: not a readable DICOM file or image ({exc})"
+                                 ) from exc
+        return bare
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:

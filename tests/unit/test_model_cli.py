@@ -11,7 +11,9 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pydicom
 import pytest
+from pydicom.errors import InvalidDicomError
 
 from pacs_node.samples import cr_dataset, us_doppler_dataset, write
 from tests.unit.test_inference import CXR_KEYS, ECHO_KEYS, LABELS, tiny_bundle
@@ -84,6 +86,22 @@ def test_predict_rejects_a_file_that_is_neither(bundles: dict[str, Path],
     junk.write_text("not an image")
     with pytest.raises(InferenceError, match=r"notes\.txt"):
         run("predict", "--bundle", str(bundles["cxr"]), str(junk))
+
+
+def test_predict_reads_a_bare_dataset_without_file_meta(bundles: dict[str, Path],
+                                                         tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """As fo-dicom's CR-MONO1-10-chest: no preamble, no File Meta, implicit VR."""
+    ds = cr_dataset(2, rows=120, columns=100)
+    del ds.file_meta
+    bare = tmp_path / "bare"
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    with pytest.raises(InvalidDicomError):
+        pydicom.dcmread(bare)
+    assert run("predict", "--bundle", str(bundles["cxr"]), str(bare), "--json") == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert doc["file"] == str(bare) and doc["modality"] == "cxr"
 
 
 def test_evaluate_command_writes_the_report(bundles: dict[str, Path], tmp_path: Path,
