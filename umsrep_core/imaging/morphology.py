@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["largest_component", "one_solid_piece"]
+__all__ = ["connected_runs", "largest_component", "one_solid_piece"]
 
 
-def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def connected_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The runs of a 2-D bool mask, (row, start, end) half-open, and each run's piece: a
     representative run index, equal for runs of one 8-connected piece."""
     edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
@@ -53,7 +53,7 @@ def _paint(shape: tuple[int, ...], rows: np.ndarray, starts: np.ndarray, ends: n
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected piece of a 2-D bool mask (an empty mask stays empty)."""
     mask = np.asarray(mask, dtype=bool)
-    rows, starts, ends, pieces = _pieces(mask)
+    rows, starts, ends, pieces = connected_runs(mask)
     if not len(rows):
         return np.zeros(mask.shape, bool)
     sizes = np.bincount(pieces, weights=ends - starts)
@@ -65,7 +65,7 @@ def one_solid_piece(mask: np.ndarray) -> np.ndarray:
     """The largest piece of `mask` with its holes filled: the background pieces that do not
     reach the image border become foreground."""
     piece = largest_component(mask)
-    rows, starts, ends, pieces = _pieces(~piece)
+    rows, starts, ends, pieces = connected_runs(~piece)
     h, w = piece.shape
     on_border = (rows == 0) | (rows == h - 1) | (starts == 0) | (ends == w)
     outside = np.isin(pieces, pieces[on_border])

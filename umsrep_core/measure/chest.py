@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from umsrep_core.imaging.morphology import connected_runs
+
 STRUCTURES = ("right_lung", "left_lung", "heart")
 
 # CTR: normal adults about 0.39-0.50 on a PA film (0.5, Danzer's 1919 limit, is the usual
@@ -139,34 +141,12 @@ def largest_part_share(mask: np.ndarray) -> float:
     speckle finer than a cell is no part at all, and gaps narrower than one do not split one.
     """
     counts, cell_area = _pooled_counts(np.asarray(mask, dtype=bool))
-    rows, starts, ends = _runs(2 * counts > cell_area)
+    rows, starts, ends, pieces = connected_runs(2 * counts > cell_area)
     if rows.size == 0:
         return 0.0
-    parent = list(range(rows.size))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first = np.searchsorted(rows, np.arange(counts.shape[0] + 1))  # each row's first run
-    for r in range(counts.shape[0] - 1):
-        a, a_end, b_end = int(first[r]), int(first[r + 1]), int(first[r + 2])
-        b = a_end
-        while a < a_end and b < b_end:  # runs of rows r and r + 1 touching, corners included
-            if starts[a] <= ends[b] + 1 and starts[b] <= ends[a] + 1:
-                parent[root(a)] = root(b)
-            if ends[a] < ends[b]:
-                a += 1
-            else:
-                b += 1
     summed = np.pad(np.cumsum(counts, axis=1), ((0, 0), (1, 0)))
-    weights = summed[rows, ends + 1] - summed[rows, starts]
-    parts: dict[int, int] = {}
-    for i, weight in enumerate(weights.tolist()):
-        parts[root(i)] = parts.get(root(i), 0) + weight
-    return max(parts.values()) / float(counts.sum())
+    pixels = summed[rows, ends] - summed[rows, starts]  # each run's pixels of the mask
+    return float(np.bincount(pieces, weights=pixels).max() / counts.sum())
 
 
 def _pooled_counts(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -178,14 +158,6 @@ def _pooled_counts(mask: np.ndarray) -> tuple[np.ndarray, int]:
     padded[:mask.shape[0], :mask.shape[1]] = mask
     pooled: np.ndarray = padded.reshape(h // cell, cell, w // cell, cell).sum(axis=(1, 3))
     return pooled, cell * cell
-
-
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, first column, last column) of each horizontal run of True, row by row."""
-    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
-    rows, starts = np.nonzero(edges == 1)
-    _, stops = np.nonzero(edges == -1)
-    return rows, starts, stops - 1
 
 
 def _words(name: str) -> str:
