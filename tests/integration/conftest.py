@@ -204,3 +204,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _key_and_cert(cwd, "client", "ca", "DNS:client")
     _key_and_cert(cwd, "rogue", "rogue-ca", "DNS:rogue")
     return cwd
+
+
+SETTLED = ("done", "failed", "skipped", "ignored")
+
+
+def settled(node: Any, count: int) -> list[Any]:
+    """The studies of an in-process `pacs_node.node.Node` once `count` of them have settled
+    and its outbox has nothing pending; [] until then (for wait_until)."""
+    studies = node.journal.studies()
+    done = len(studies) == count and all(s.state in SETTLED for s in studies)
+    outbox_idle = all(o["state"] != "pending" for o in node.journal.outbox())
+    return studies if done and outbox_idle else []
+

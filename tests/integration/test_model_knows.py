@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -23,12 +22,12 @@ from pacs_node import samples
 from pacs_node.config import Config
 from pacs_node.node import Node
 from tests.conftest import dciodvfy_errors, node_config, shared_data, storescu, wait_until
+from tests.integration.conftest import settled
 from umsrep_core.phantoms.chest import make_chest
 from workers.demo import leg_pixels
 
 pytestmark = pytest.mark.integration
 
-SETTLED = ("done", "failed", "skipped", "ignored")
 
 
 @pytest.fixture
@@ -38,13 +37,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
     running.start()
     yield running
     running.stop()
-
-
-def settled(node: Node, count: int) -> list[Any]:
-    studies = node.journal.studies()
-    done = len(studies) == count and all(s.state in SETTLED for s in studies)
-    outbox_idle = all(o["state"] != "pending" for o in node.journal.outbox())
-    return studies if done and outbox_idle else []
 
 
 def results(node: Node) -> list[pydicom.Dataset]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
@@ -17,11 +16,11 @@ from pacs_node.dispatch import installed_handler
 from pacs_node.node import Node
 from pacs_node.sender import send_files
 from tests.conftest import node_config, storescu, wait_until
+from tests.integration.conftest import settled
 from tests.unit.test_inference import tiny_bundle
 
 pytestmark = pytest.mark.integration
 
-SETTLED = ("done", "failed", "skipped", "ignored")
 
 
 @pytest.fixture
@@ -41,13 +40,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
     running.start()
     yield running
     running.stop()
-
-
-def settled(node: Node, count: int) -> list[Any]:
-    studies = node.journal.studies()
-    done = len(studies) == count and all(s.state in SETTLED for s in studies)
-    outbox_idle = all(o["state"] != "pending" for o in node.journal.outbox())
-    return studies if done and outbox_idle else []
 
 
 def test_the_workers_provide_the_embedded_handler() -> None:
