@@ -15,6 +15,8 @@ exactly the steps an uninterrupted one would) and, once finished, record.json: t
 training compute (floating-point operations as torch counts them, which no other load on
 the machine changes, and seconds of optimisation, data generation excluded: every run needs the
 same phantoms) and the held-out validation metrics, which `umsrep model evaluate --runs` tabulates.
+With `data` (real data set folders: radiographs.py) a run trains on their train split and
+validates on their validation split; without, on the modality's phantoms.
 A run is validated every `val_every` steps as well, a copy of the model with its batch norms'
 statistics recomputed over the pool (`refresh_batchnorm`; the model itself at the end, so that
 its export is what was scored): the first validation that meets every gate of its heads gives
@@ -46,7 +48,7 @@ from umsrep_core.errors import UmsrepError
 from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
 from umsrep_core.evaluation.report import GATES as QUALITY_GATES
 from umsrep_core.evaluation.report import gate_passed
-from umsrep_core.inference import default_device, synchronize
+from umsrep_core.inference import OTHER_AT, default_device, synchronize
 from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
 from umsrep_core.training.data import (
     DENOISE_GRID,
@@ -434,12 +436,12 @@ def _ctr_error(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def _radiograph_class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """With the class OTHER (radiographs.py): the AUC of the classes before it, on the images
     that have one (the probability of the second given not OTHER), and the share of chest
-    radiographs kept (OTHER under one half) and of negatives refused."""
+    radiographs kept (OTHER under OTHER_AT, as the Predictor decides) and of negatives
+    refused."""
     chest, other = labels != OTHER, labels == OTHER
-    known = labels >= 0
-    known &= chest
+    known = (labels >= 0) & chest
     given_chest = probs[:, 1] / np.maximum(probs[:, :OTHER].sum(axis=1), 1e-12)
-    refused = probs[:, OTHER] >= 0.5
+    refused = probs[:, OTHER] >= OTHER_AT
     return {"auc": auc(given_chest[known], labels[known]),
             "chest_kept": float(np.mean(~refused[chest])) if chest.any() else math.nan,
             "other_refused": float(np.mean(refused[other])) if other.any() else math.nan}
