@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 from pathlib import Path
 from typing import Any, cast
@@ -16,16 +17,18 @@ from pydicom.tag import Tag
 from pydicom.uid import SegmentationStorage, UltrasoundMultiFrameImageStorage
 
 from pacs_node import samples
+from umsrep_core.models.bundle import BUNDLES_DIR, OTHER_CLASS
 from workers.outputs import NOT_FOR_CLINICAL_USE
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.seg import build_seg
+from workers.outputs.sr import LABELS as SR_LABELS
 from workers.outputs.sr import build_sr
 from workers.outputs.uids import output_uid
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
 MODEL = {"model_name": "umsrep-test", "model_version": "0.1.0"}
 CXR_FINDINGS: dict[str, Any] = {
-    "label": "abnormal", "probability": 0.87, "ctr": 0.52,
+    "label": "pneumonia", "probability": 0.87, "ctr": 0.52,
     "areas_mm2": {"right_lung": 1200.5, "left_lung": 1100.25, "heart": None},
     "reasons": ["heart area: the mask touches the image border"]}
 ECHO_FINDINGS: dict[str, Any] = {
@@ -256,7 +259,7 @@ def test_cxr_sr_measurements_reference_their_segments(name: str) -> None:
     (image_group,) = report.get_image_measurement_groups()
     (evaluation,) = image_group.get_qualitative_evaluations()
     assert (_coded_value(evaluation).meaning, _coded_value(evaluation).value) == (
-        "Abnormal", "263654008")
+        "Pneumonia", "233604007")
     (probability,) = image_group.get_measurements()
     assert (probability.name.meaning, probability.value) == ("Probability", 0.87)
     assert image_group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
@@ -305,8 +308,15 @@ def test_sr_without_a_label_has_no_classification_group() -> None:
 
 def test_sr_rejects_an_unknown_label() -> None:
     with pytest.raises(ValueError, match="unknown cxr label"):
-        build_sr(SOURCES["cr"], OUTPUTS["cr"][0], {**CXR_FINDINGS, "label": "pneumonia"},
+        build_sr(SOURCES["cr"], OUTPUTS["cr"][0], {**CXR_FINDINGS, "label": "effusion"},
                  modality="cxr", **MODEL)
+
+
+@pytest.mark.parametrize("bundle", sorted(p.name for p in BUNDLES_DIR.iterdir() if p.is_dir()))
+def test_sr_codes_every_label_a_packaged_bundle_gives(bundle: str) -> None:
+    manifest = json.loads((BUNDLES_DIR / bundle / "manifest.json").read_text())
+    given = set(manifest["class_labels"]) - {OTHER_CLASS}  # OTHER_CLASS is never a label
+    assert given - set(SR_LABELS[manifest["modality"]]) == set()
 
 
 # --- derived --------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ PROCEDURES = {
 LABELS: dict[Modality, dict[str, CodedConcept]] = {
     "cxr": {
         "normal": CodedConcept("17621005", "SCT", "Normal"),
-        "abnormal": CodedConcept("263654008", "SCT", "Abnormal"),
+        "abnormal": CodedConcept("263654008", "SCT", "Abnormal"),  # the phantom bundles'
+        "pneumonia": CodedConcept("233604007", "SCT", "Pneumonia"),
     },
     "echo_doppler": {
         "mitral_inflow": _local("MITRAL_INFLOW", "Mitral inflow Doppler (E and A waves)"),
