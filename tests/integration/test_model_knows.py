@@ -2,9 +2,7 @@
 rules and chest bundle: an image that is no frontal chest is skipped with its reason and
 nothing is sent; a chest whose CTR is implausible gets its SEG and an SR that says why there
 is no CTR.
-
-The packaged bundle (0.4.x) learned phantoms only; these tests hold while its masks of the
-images below stay what they are (see the assertions on them)."""
+"""
 
 from __future__ import annotations
 
@@ -15,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import yaml
+from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -23,7 +22,6 @@ from pacs_node.config import Config
 from pacs_node.node import Node
 from tests.conftest import dciodvfy_errors, node_config, shared_data, storescu, wait_until
 from tests.integration.conftest import settled
-from umsrep_core.phantoms.chest import make_chest
 from workers.demo import leg_pixels
 
 pytestmark = pytest.mark.integration
@@ -53,14 +51,14 @@ def texts(sr: pydicom.Dataset) -> list[str]:
 
 
 def widened_chest() -> np.ndarray:
-    """A phantom chest whose lungs are made wider, each by 256 copied columns of its middle:
-    the heart stays as it is, the thorax grows, the CTR falls to about 0.19."""
-    chest = make_chest(0, size=768)
-    image = chest.clean
-    middles = [int(np.flatnonzero(chest.masks[side].any(axis=0)).mean())
-               for side in ("left_lung", "right_lung")]  # the image's right one first
-    for middle in middles:
-        band = np.tile(image[:, middle - 8:middle + 8], (1, 16))
+    """The shipped normal radiograph (a patient the model never trained on) with each lung
+    made wider by 192 columns copied from its middle: the heart stays as it is, the thorax
+    grows, and the CTR from the packaged model's masks falls to about 0.19."""
+    with Image.open(samples.SAMPLE_IMAGES / samples.CHEST_IMAGES[0].file) as png:
+        image = np.asarray(png.convert("L"))
+    width = image.shape[1]
+    for middle in (int(0.7 * width), int(0.3 * width)):  # the image's right one first
+        band = np.tile(image[:, middle - 8:middle + 8], (1, int(0.4 * width) // 16))
         image = np.concatenate([image[:, :middle], band, image[:, middle:]], axis=1)
     return image
 
