@@ -74,23 +74,20 @@ def chest_masks(source: Dataset) -> dict[str, np.ndarray]:
     return masks
 
 
-def encoded(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def assert_valid(objects: dict[str, Dataset], tmp_path: Path) -> None:
     for kind, ds in objects.items():
         path = tmp_path / f"{kind}.dcm"
-        path.write_bytes(encoded(ds))
+        ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], kind
         assert overlong_values(pydicom.dcmread(path)) == [], kind
 
 
 def library_descriptors(sr: Dataset) -> dict[str, str]:
     """Concept meaning -> value of the Image Library entry's descriptors, re-read."""
-    report = pydicom.dcmread(io.BytesIO(encoded(sr))).ContentSequence
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    report = pydicom.dcmread(buffer).ContentSequence
     library = next(item for item in report
                    if item.ConceptNameCodeSequence[0].CodeMeaning == "Image Library")
     entry = library.ContentSequence[0].ContentSequence[-1]
