@@ -216,4 +216,3 @@ def settled(node: Any, count: int) -> list[Any]:
     done = len(studies) == count and all(s.state in SETTLED for s in studies)
     outbox_idle = all(o["state"] != "pending" for o in node.journal.outbox())
     return studies if done and outbox_idle else []
-

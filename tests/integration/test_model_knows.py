@@ -1,8 +1,7 @@
 """Only what the model knows gets measured, through the node's embedded pool on the packaged
 rules and chest bundle: an image that is no frontal chest is skipped with its reason and
 nothing is sent; a chest whose CTR is implausible gets its SEG and an SR that says why there
-is no CTR.
-"""
+is no CTR."""
 
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ from tests.integration.conftest import settled
 from workers.demo import leg_pixels
 
 pytestmark = pytest.mark.integration
-
 
 
 @pytest.fixture

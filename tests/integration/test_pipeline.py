@@ -22,7 +22,6 @@ from tests.unit.test_inference import tiny_bundle
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     # The packaged chest bundle: an untrained model's masks are no chest, and the pipeline
