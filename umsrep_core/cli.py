@@ -66,6 +66,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                        "train split, and validate on, their validation split (default: "
                        "phantoms)")
         p.add_argument("--width", type=int, help="encoder width (default 20; wider on a GPU)")
+        p.add_argument("--unshuffle", type=int, help="fold each 2x2 (with 2) pixels into "
+                       "channels before the encoder: every level at half resolution, the "
+                       "outputs still at full (default 1: none)")
         p.add_argument("--val", type=int, help="held-out phantoms validated every 100 steps "
                        "(default 256 radiographs, 64 Doppler strips)")
 
@@ -209,8 +212,8 @@ def _data(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _model(args: argparse.Namespace) -> dict[str, int]:
     """ModelConfig overrides from the command line: the encoder's width (the decoders keep
-    theirs: their cost is what the shared encoder saves, so it stays small)."""
-    return {"width": args.width} if args.width else {}
+    theirs: their cost is what the shared encoder saves, so it stays small) and unshuffle."""
+    return {k: v for k in ("width", "unshuffle") if (v := getattr(args, k))}
 
 
 def _run_line(record: dict[str, Any]) -> str:

@@ -28,9 +28,10 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("norm", ["batch", "group"])
-def test_output_shapes_of_every_head(norm: Literal["batch", "group"]) -> None:
-    config = ModelConfig(width=4, depth=3, n_seg=4, n_classes=5, input_size=64, norm=norm)
+@pytest.mark.parametrize(("norm", "unshuffle"), [("batch", 1), ("group", 1), ("batch", 2)])
+def test_output_shapes_of_every_head(norm: Literal["batch", "group"], unshuffle: int) -> None:
+    config = ModelConfig(width=4, depth=3, n_seg=4, n_classes=5, input_size=64, norm=norm,
+                         unshuffle=unshuffle)
     model = UMSRep(config).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 1, 64, 64))
@@ -66,9 +67,10 @@ def test_served_model_folds_its_norms_and_keeps_its_outputs() -> None:
         torch.testing.assert_close(got[head], expected[head], rtol=1e-4, atol=1e-4)
 
 
-def test_served_model_runs_its_decoders_stacked_with_the_same_outputs() -> None:
+@pytest.mark.parametrize("unshuffle", [1, 2])
+def test_served_model_runs_its_decoders_stacked_with_the_same_outputs(unshuffle: int) -> None:
     model = UMSRep(ModelConfig(width=4, depth=3, n_seg=3, input_size=64, dec_width=4,
-                               hidden=8))
+                               hidden=8, unshuffle=unshuffle))
     for _ in range(3):
         model(torch.rand(4, 1, 64, 64) * 3)
     model.eval()
@@ -86,6 +88,24 @@ def test_served_model_runs_its_decoders_stacked_with_the_same_outputs() -> None:
     assert stacked_calls == [1, 1]  # only where both decoders were asked
     grouped = UMSRep(ModelConfig(width=4, depth=2, input_size=32, norm="group")).eval()
     assert for_inference(grouped).stacked is None  # group norms do not fold: no stacking
+
+
+def test_unshuffle_runs_the_encoder_at_half_resolution_and_answers_at_full() -> None:
+    config = ModelConfig(**{**TINY.to_dict(), "unshuffle": 2})
+    model = UMSRep(config).eval()
+    first = model.encoder.blocks[0][0][0]
+    assert first.in_channels == 4  # each 2x2 of pixels, one cell of four channels
+    seen: list[tuple[int, ...]] = []
+    model.encoder.register_forward_hook(lambda _m, _i, out: seen.append(out[0][0].shape))
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+    assert seen == [(1, 4, 16, 16)]  # the first skip: width 4, half the input's size
+    assert out["segment"].shape == (1, 3, 32, 32) and out["denoise"].shape == x.shape
+    for p in model.heads["denoise"].parameters():
+        nn.init.zeros_(p)
+    with torch.no_grad():  # still a residual on the input, pixel for pixel
+        assert torch.equal(model(x, heads=["denoise"])["denoise"], x)
 
 
 def test_encoder_runs_once_for_all_heads() -> None:
@@ -126,6 +146,10 @@ def test_bad_inputs_and_configs_are_refused() -> None:
         UMSRep(TINY)(torch.rand(1, 1, 30, 32))
     with pytest.raises(ValueError, match="multiple of"):
         ModelConfig(depth=3, input_size=100)
+    with pytest.raises(ValueError, match="unshuffle \\* 2\\*\\*depth = 16"):
+        ModelConfig(depth=3, input_size=72, unshuffle=2)  # a multiple of 8, not of 16
+    with pytest.raises(ValueError, match="multiples of 8"):
+        UMSRep(ModelConfig(**{**TINY.to_dict(), "unshuffle": 2}))(torch.rand(1, 1, 36, 32))
     with pytest.raises(ValueError, match="unknown model_config keys"):
         ModelConfig.from_dict({"width": 8, "colour": True})
     assert ModelConfig.from_dict(TINY.to_dict()) == TINY

@@ -221,7 +221,7 @@ def test_compute_is_counted_in_flop_and_pretraining_is_charged(pretrained: Path,
     ({"heads": ("segment", "measure")}, "heads"),
     ({"modality": "mri"}, "modality 'mri'"),
     ({"batch": 16}, "batch <= pool"),
-    ({"model": {"depth": 9}}, "not a multiple of 2\\*\\*depth"),
+    ({"model": {"depth": 9}}, "not a multiple of unshuffle \\* 2\\*\\*depth"),
     ({"model": {"colour": True}}, "unknown model_config keys")])
 def test_bad_specs_are_refused_with_the_reason(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(TrainingError, match=message):

@@ -4,7 +4,10 @@ Compute sits in the encoder (two 3x3 convolutions per level, channels doubling p
 decoders are light feature-pyramid paths (a 1x1 lateral from each skip, upsample-and-add, one
 3x3 convolution per level, none at full resolution, the same few channels at every level).
 That is what lets one shared encoder with three heads cost about a third of three separate
-models: the part that is shared is the part that costs. The denoising head predicts a residual
+models: the part that is shared is the part that costs. With `unshuffle` 2 (the real-data
+cxr bundle) each 2x2 of input pixels enters as one cell of four channels and every level runs
+at half resolution: at 256 px the full-resolution activations, not the weights, set the peak
+of memory, and they are what it saves. The denoising head predicts a residual
 on its input; the segmentation head gives one logit per label (multi-label: labels may
 overlap); the classification head pools the bottleneck."""
 
@@ -58,14 +61,24 @@ class ModelConfig:
     # the denoised image back in the input's units: real radiographs come from many detectors
     # and display chains, whose brightness and contrast differ by more than training sees.
     standardise: bool = False
+    # Pixels folded into channels before the encoder (F.pixel_unshuffle by this factor) and
+    # unfolded from the decoders' outputs: 2 runs every level at half the input's resolution
+    # for a quarter of the activation memory and arithmetic, the outputs still at full
+    # resolution (each half-resolution cell predicts its 2x2 pixels).
+    unshuffle: int = 1
+
+    @property
+    def stride(self) -> int:
+        """What the input's height and width must be multiples of."""
+        return int(self.unshuffle * 2**self.depth)  # int: mypy types int ** int as Any
 
     def __post_init__(self) -> None:
         if min(self.in_channels, self.width, self.depth, self.n_seg, self.n_classes,
-               self.dec_width, self.hidden) < 1:
+               self.dec_width, self.hidden, self.unshuffle) < 1:
             raise ValueError(f"every size of {self} must be positive")
-        if self.input_size % 2**self.depth:
+        if self.input_size % self.stride:
             raise ValueError(f"input_size {self.input_size} is not a multiple of "
-                             f"2**depth = {2**self.depth}")
+                             f"unshuffle * 2**depth = {self.stride}")
         if not 1 <= self.class_levels <= self.depth + 1:
             raise ValueError(f"class_levels {self.class_levels}: 1 to depth + 1 = "
                              f"{self.depth + 1}")
@@ -102,7 +115,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.channels = [config.width * 2**i for i in range(config.depth + 1)]
-        cins = [config.in_channels, *self.channels[:-1]]
+        cins = [config.in_channels * config.unshuffle**2, *self.channels[:-1]]
         self.blocks = nn.ModuleList(
             nn.Sequential(_conv(cin, cout, config.norm), _conv(cout, cout, config.norm))
             for cin, cout in zip(cins, self.channels, strict=True))
@@ -133,8 +146,10 @@ class UNetDecoder(nn.Module):
         self.top = _conv(enc[-1], width, config.norm, kernel=1)
         self.lateral = nn.ModuleList(_conv(enc[i], width, config.norm, kernel=1) for i in inner)
         self.smooth = nn.ModuleList(_conv(width, width, config.norm) for _ in inner)
-        self.coarse = nn.Conv2d(width, out_channels, 1)
-        self.fine = nn.Conv2d(enc[0], out_channels, 1, bias=False)
+        self.out_channels, self.unshuffle = out_channels, config.unshuffle
+        cells = out_channels * config.unshuffle**2  # each output pixel of a first-level cell
+        self.coarse = nn.Conv2d(width, cells, 1)
+        self.fine = nn.Conv2d(enc[0], cells, 1, bias=False)
 
     def forward(self, features: Features) -> Tensor:
         skips, x = features
@@ -148,7 +163,7 @@ class UNetDecoder(nn.Module):
         # In place: one full-resolution tensor fewer at the peak of activation memory.
         out += F.interpolate(self.coarse(x), size=skips[0].shape[-2:], mode="bilinear",
                              align_corners=False)
-        return out
+        return F.pixel_shuffle(out, self.unshuffle) if self.unshuffle > 1 else out
 
 
 class ClassHead(nn.Module):
@@ -186,7 +201,7 @@ class StackedDecoders(nn.Module):
         super().__init__()
         self.heads = tuple(decoders)
         parts = list(decoders.values())
-        self.out_channels = [d.coarse.out_channels for d in parts]
+        self.out_channels = [d.out_channels for d in parts]
         self.path = path = copy.deepcopy(parts[0])
         with torch.no_grad():
             path.top = _restacked([d.top for d in parts], own_inputs=False)
@@ -273,17 +288,19 @@ class UMSRep(nn.Module):
         missing = [h for h in wanted if h not in self.heads]
         if missing:
             raise ValueError(f"this model has heads {self.tasks}, not {missing}")
-        step = 2**self.config.depth
+        step = self.config.stride
         if x.ndim != 4 or x.shape[-1] % step or x.shape[-2] % step:
             raise ValueError(f"input {tuple(x.shape)}: expected (N, C, H, W), H and W "
                              f"multiples of {step}")
         scale: Tensor | None = None
+        encoded = x
         if self.config.standardise:
             # a blank image has no deviation to divide by: it stays flat, not amplified noise
             scale = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-2)
-            features = self.encoder((x - x.mean(dim=(1, 2, 3), keepdim=True)) / scale)
-        else:
-            features = self.encoder(x)
+            encoded = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / scale
+        if self.config.unshuffle > 1:
+            encoded = F.pixel_unshuffle(encoded, self.config.unshuffle)
+        features = self.encoder(encoded)
         stacked = self.stacked
         done = (dict(zip(stacked.heads, stacked(features), strict=True))
                 if stacked is not None and set(stacked.heads) <= set(wanted) else {})

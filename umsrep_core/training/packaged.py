@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,12 +39,14 @@ class Recipe:
     image_size: int
     pretrain_steps: int = 0  # 0: trained from scratch
     real: bool = False  # trained on --data folders
-    width: int | None = None  # the encoder's; None: ModelConfig's default
+    model: Mapping[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
 
 RECIPES = {
-    "cxr": Recipe(steps=1600, pretrain_steps=400, version="0.5.0", image_size=256, real=True,
-                  width=16),
+    # Width 24 on half-resolution levels (unshuffle 2): half the arithmetic of width 16 at
+    # full resolution, and a quarter of its activation memory (bench/README, issue 21).
+    "cxr": Recipe(steps=1600, pretrain_steps=400, version="0.6.0", image_size=256, real=True,
+                  model={"width": 24, "unshuffle": 2}),
     "echo_doppler": Recipe(steps=800, version="0.4.0", image_size=128),
 }
 
@@ -59,7 +63,7 @@ def build(modality: str, out: Path, work: Path, *, data: tuple[str, ...] = ()) -
     runs = grid(modality, root, steps=recipe.steps,
                 pretrain_steps=recipe.pretrain_steps or recipe.steps, batch=16,
                 image_size=recipe.image_size, seed=0, data=data if recipe.real else (),
-                model={"width": recipe.width} if recipe.width else {})
+                model=dict(recipe.model))
     if recipe.pretrain_steps:  # scored once, at its end: it has no gates to reach
         train(runs["pretrain"], root / "pretrain", resume=True,
               val_every=recipe.pretrain_steps)
