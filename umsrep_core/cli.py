@@ -66,9 +66,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                        "train split, and validate on, their validation split (default: "
                        "phantoms)")
         p.add_argument("--width", type=int, help="encoder width (default 20; wider on a GPU)")
-        p.add_argument("--unshuffle", type=int, help="fold each 2x2 (with 2) pixels into "
-                       "channels before the encoder: every level at half resolution, the "
-                       "outputs still at full (default 1: none)")
+        p.add_argument("--unshuffle", type=int, help="fold each N x N block of pixels into "
+                       "channels before the encoder (2: every level at half resolution, the "
+                       "outputs still at full; default 1: none)")
         p.add_argument("--val", type=int, help="held-out phantoms validated every 100 steps "
                        "(default 256 radiographs, 64 Doppler strips)")
 

@@ -206,8 +206,8 @@ def test_pretrain_finetune_export_and_evaluate_with_runs(tmp_path: Path,
 
 
 def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tiny = ("--steps", "2", "--batch", "2", "--size", "64", "--width", "4", "--n", "1",
-            "--val", "2")
+    tiny = ("--steps", "2", "--batch", "2", "--size", "64", "--width", "4", "--unshuffle",
+            "2", "--n", "1", "--val", "2")
     assert run("compare", "--modality", "echo_doppler", "--out", str(tmp_path), *tiny,
                "--runs", "frozen-joint,scratch-joint,separate-classify", "--seed", "3") == 0
     out = capsys.readouterr().out
@@ -218,8 +218,10 @@ def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bundle", "frozen-joint", "pretrain", "report", "scratch-joint", "separate-classify"]
     assert "scratch-joint" in (tmp_path / "bundle" / "manifest.json").read_text()
-    assert {json.loads((tmp_path / run / "spec.json").read_text())["seed"]
-            for run in ("pretrain", "frozen-joint", "separate-classify")} == {3}
+    specs = [json.loads((tmp_path / run / "spec.json").read_text())
+             for run in ("pretrain", "frozen-joint", "separate-classify")]
+    assert {(s["seed"], s["model"]["width"], s["model"]["unshuffle"]) for s in specs} == {
+        (3, 4, 2)}
     with pytest.raises(TrainingError, match="no run separate-measure in the grid"):
         run("compare", "--modality", "cxr", "--out", str(tmp_path / "x"), *tiny,
             "--runs", "separate-measure")

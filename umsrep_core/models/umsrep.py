@@ -160,7 +160,7 @@ class UNetDecoder(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = self.smooth[i](x + self.lateral[i](skip))
         out: Tensor = self.fine(skips[0])
-        # In place: one full-resolution tensor fewer at the peak of activation memory.
+        # In place: one first-level tensor fewer at the peak of activation memory.
         out += F.interpolate(self.coarse(x), size=skips[0].shape[-2:], mode="bilinear",
                              align_corners=False)
         return F.pixel_shuffle(out, self.unshuffle) if self.unshuffle > 1 else out
