@@ -495,7 +495,7 @@ def _strategy_plot(plt: Any, records: list[dict[str, Any]], path: Path) -> str:
         values = [r["metrics"].get(name, np.nan) / scale for r in runs]
         right.barh(y + (k - (len(metrics) - 1) / 2) * width, values, height=width,
                    label=f"{name} / 10" if scale != 1 else name)
-    right.set(xlabel="validation score", title="held-out phantoms, model grid")
+    right.set(xlabel="validation score", title="held-out set, model grid")
     right.legend(ncol=3, **_below(right))
     return _save(fig, path)
 
@@ -569,9 +569,11 @@ def _records_table(records: list[dict[str, Any]], best: dict[str, Any] | None) -
     separate_to_gates = (_separate_to_gates(records) or (0.0, False))[0]
     lines = ["", "## Training strategies", "",
              "Compute to the end of each run includes the shared pretraining run where there "
-             "is one. Validation on held-out phantoms as a served bundle sees them, every few "
-             "steps: *to gates* is the compute until the first validation that met every gate "
-             "of the run's heads, fine-tuning alone, then with the pretraining.",
+             "is one; seconds compare only runs trained alike (same machine, threads and "
+             "neighbours), FLOP always. Validation on the held-out set (phantoms, or the data "
+             "sets' validation split) as a served bundle sees it, every few steps: *to gates* "
+             "is the compute until the first validation that met every gate of the run's "
+             "heads, fine-tuning alone, then with the pretraining.",
              "", "Joint multi-task fine-tuning against the three separate models, to the same "
              "gates (goal: at most half): " + (_best_line(best) if best else
                                                 "not measured: no multi-task run met its "
