@@ -25,6 +25,7 @@ from typing import Protocol
 from pacs_node.config import Broker, Config
 from pacs_node.journal import Journal
 from umsrep_core.errors import DeliveryError, StudySkipped, TransientError, UmsrepError
+from umsrep_core.phi import describe
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
             skipped = str(exc)
         journal.finish_job(study_key, route, skipped=skipped)  # in the try: it may be locked
     except Exception as exc:  # the outcome is recorded, whatever it is
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = describe(exc)  # scrubbed: the journal and logs keep no patient data
         if is_transient(exc):
             if attempt < attempts:
                 _note_retry(journal, study_key, route, f"try {attempt} of {attempts} failed, "

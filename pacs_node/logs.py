@@ -1,6 +1,8 @@
 """Logging, configured once at the entry point: plain lines or one JSON object per line.
 
 Nothing umsrep logs carries patient name, ID or birth date; studies are named by their key.
+Other libraries' messages (pydicom warns with the value it could not read) and every
+traceback are scrubbed of what they quote (`umsrep_core.phi.scrub`).
 """
 
 from __future__ import annotations
@@ -9,11 +11,29 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
+from umsrep_core.phi import scrub
+
+OURS = ("pacs_node", "workers", "umsrep_core")  # loggers whose messages quote no DICOM values
 PLAIN = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-class JsonFormatter(logging.Formatter):
+def scrub_foreign(record: logging.LogRecord) -> bool:
+    """A handler filter: another library's message, formatted and scrubbed."""
+    if record.name.split(".")[0] not in OURS:
+        record.msg, record.args = scrub(record.getMessage()), None
+    return True
+
+
+class Formatter(logging.Formatter):
+    """Plain lines, tracebacks scrubbed: an exception's message may quote a DICOM value."""
+
+    def formatException(self, ei: Any) -> str:
+        return scrub(super().formatException(ei))
+
+
+class JsonFormatter(Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -29,7 +49,9 @@ class JsonFormatter(logging.Formatter):
 
 def setup(*, as_json: bool = False, debug: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(PLAIN))
+    handler.setFormatter(JsonFormatter() if as_json else Formatter(PLAIN))
+    handler.addFilter(scrub_foreign)
+    logging.captureWarnings(True)  # a library's warning quotes values too: through the filter
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)

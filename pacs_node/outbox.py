@@ -22,6 +22,7 @@ from pacs_node.journal import Journal, OutboxItem
 from pacs_node.sender import SendAborted, send_files
 from pacs_node.spool import write_durably
 from umsrep_core.errors import UmsrepError
+from umsrep_core.phi import describe
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class Deliverer:
             results, error = [], str(exc)
         except Exception as exc:  # unexpected: back off like any failure rather than spin
             log.exception("outbox: sending to %s failed unexpectedly", destination.host)
-            results, error = [], f"unexpected error: {exc!r}"
+            results, error = [], f"unexpected error: {describe(exc)}"
         by_path = {r.path: r for r in results}
         outcomes: dict[int, str | None] = {}
         for item, path in zip(items, paths, strict=True):

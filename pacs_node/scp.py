@@ -40,6 +40,7 @@ from pacs_node.journal import Journal
 from pacs_node.sender import server_tls_context
 from pacs_node.spool import Spool, check_uid
 from umsrep_core.errors import IngestError
+from umsrep_core.phi import describe
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,8 @@ class Receiver:
         try:
             ds, parsed_len = parse(received, syntax)
         except Exception as exc:  # pydicom raises many kinds on malformed data
-            raise Rejected(CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from exc
+            raise Rejected(CANNOT_UNDERSTAND,
+                           f"dataset cannot be parsed: {describe(exc)}") from exc
         problem = incomplete(ds, parsed_len, syntax)
         if problem:
             raise Rejected(CANNOT_UNDERSTAND, problem)

@@ -31,6 +31,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from pacs_node.config import TLS
 from umsrep_core.errors import ConfigError, DeliveryError
+from umsrep_core.phi import describe
 
 # DIMSE statuses (PS3.4 B.2.3, PS3.7 C). Warnings mean the peer stored the instance.
 SUCCESS = 0x0000
@@ -223,7 +224,7 @@ def _read_meta(index: int, path: Path) -> _File | SendResult:
         sop_class = str(meta.MediaStorageSOPClassUID)
         ts = UID(meta.TransferSyntaxUID)
     except (OSError, InvalidDicomError, AttributeError) as exc:
-        return SendResult(path, False, None, f"not a readable DICOM file: {exc}")
+        return SendResult(path, False, None, f"not a readable DICOM file: {describe(exc)}")
     return _File(index, path, sop_class, ts, _contexts(sop_class, ts))
 
 
@@ -261,7 +262,7 @@ def _store(assoc: Association, f: _File, accepted: set[Context]) -> SendResult |
             return SendResult(f.path, False, None, f"the peer accepted no context for "
                               f"{UID(f.sop_class).name} in {f.transfer_syntax.name}")
     except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
-        return SendResult(f.path, False, None, f"cannot send: {exc}")
+        return SendResult(f.path, False, None, f"cannot send: {describe(exc)}")
     if "Status" not in status:
         return None
     code = int(status.Status)

@@ -15,14 +15,16 @@ Prometheus metrics on UMSREP_WORKER_METRICS_PORT, with PROMETHEUS_MULTIPROC_DIR,
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import after_setup_logger, worker_init, worker_process_init
 from kombu import Queue
 
 from pacs_node.config import PIPELINES, Config
+from pacs_node.logs import scrub_foreign
 from pacs_node.yamlconf import load_config
 from workers import metrics
 
@@ -70,6 +72,14 @@ def share_cores(sender: object, **_: object) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
 
 
+def scrub_logs(logger: logging.Logger, **_: object) -> None:
+    """The handlers Celery gives the worker scrub what other libraries log and warn, as the
+    node's do (pacs_node.logs): highdicom warns with the patient's name."""
+    logging.captureWarnings(True)
+    for handler in logger.handlers:
+        handler.addFilter(scrub_foreign)
+
+
 def apply_threads(**_: object) -> None:
     """In each pool process: torch may have been imported before the variable was set."""
     import torch  # noqa: PLC0415 - only worker processes, not Flower, load torch
@@ -82,3 +92,4 @@ app = make_app()
 worker_init.connect(metrics.serve)
 worker_init.connect(share_cores)
 worker_process_init.connect(apply_threads)
+after_setup_logger.connect(scrub_logs)

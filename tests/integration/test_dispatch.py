@@ -166,3 +166,25 @@ def test_the_embedded_pool_tries_a_transient_error_again(tmp_path: Path) -> None
     retries = [e["detail"] for e in node.journal.events(key) if e["state"] == "retry"]
     assert len(retries) == 2 and "try 1 of 5 failed" in retries[0]
     node.journal.close()
+
+
+def test_a_failed_job_keeps_no_value_its_error_quoted(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom's message quotes the value it could not take: a birth date, a name. The
+    reason the journal keeps and the log line say what failed, not what it was fed."""
+    from pacs_node.dispatch import run_job
+    from tests.unit.test_journal import add
+
+    node = make_node(tmp_path)
+    key = add(node.journal, "1.2.3.1.3")
+    node.journal.add_job(key, "chest-xray", "cxr")
+
+    def handler(journal: Journal, config: Config, study_key: str, route: str) -> None:
+        raise ValueError("Unable to convert '1970-01-01' to 'DA' object")
+
+    assert run_job(node.journal, node.config, key, "chest-xray", handler) == "failed"
+    reason = "ValueError: Unable to convert '…' to 'DA' object"
+    assert node.journal.study(key).reason == f"job chest-xray failed: {reason}"  # type: ignore[union-attr]
+    assert reason in caplog.text and "1970" not in caplog.text
+    assert not any("1970" in str(e.get("detail") or "") for e in node.journal.events(key))
+    node.journal.close()

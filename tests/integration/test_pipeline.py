@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import yaml
 
-from pacs_node import samples
+from pacs_node import cli, samples
 from pacs_node.config import Config
 from pacs_node.dispatch import installed_handler
 from pacs_node.node import Node
@@ -127,3 +127,27 @@ def test_the_images_of_a_study_go_through_the_encoder_in_batches(node: Node,
     assert batches == [4, 2]  # six images, batches of the predictor's size (4)
     findings = [e for e in node.journal.events(study.study_key) if e["state"] == "findings"]
     assert len(findings) == 6
+
+
+def test_a_patient_value_its_vr_does_not_allow_neither_fails_the_job_nor_shows(
+        node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A birth date written ISO style failed the chest job, and the date was in the reason
+    (`umsrep studies --json`), the journal and the logs; now the outputs leave it empty."""
+    cr = samples.cr_dataset(9, rows=320, columns=280)
+    with pydicom.config.disable_value_validation():
+        cr.PatientBirthDate = "1970-01-01"
+        path = samples.write(cr, tmp_path / "cr.dcm")
+    assert storescu(node.port, [path]).returncode == 0
+    [study] = wait_until(lambda: settled(node, 1), timeout=90)
+    assert study.state == "done", study.reason
+    results = node.config.folder("results")
+    assert results is not None
+    written = [pydicom.dcmread(p) for p in sorted(results.rglob("*.dcm"))]
+    assert sorted(ds.Modality for ds in written) == ["CR", "SEG", "SR"]  # CR: the denoised
+    assert all(not ds.get("PatientBirthDate") for ds in written)
+    capsys.readouterr()
+    assert cli.main(["studies", "--data-dir", str(node.config.node.data_dir), "--json"]) == 0
+    listed = capsys.readouterr().out
+    assert study.study_key in listed and "1970" not in listed
+    events = node.journal.events(study.study_key)
+    assert events and not any("1970" in str(e.get("detail") or "") for e in events)

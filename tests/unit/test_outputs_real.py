@@ -17,11 +17,12 @@ from pydicom.dataset import Dataset
 
 from pacs_node import samples
 from tests.conftest import dciodvfy_errors, overlong_values, shared_data
-from workers.outputs.derived import build_frame_image
+from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.image_library import image_library
 from workers.outputs.seg import build_seg
 from workers.outputs.sources import highdicom_knows, unusable, with_type2
 from workers.outputs.sr import build_sr
+from workers.outputs.uids import source_date_time
 
 MODEL = {"model_name": "umsrep-test", "model_version": "0.1.0"}
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (Retired)
@@ -158,3 +159,28 @@ def test_type2_attributes_are_added_to_a_copy() -> None:
     assert complete.PatientID == "" and complete.PatientName == source.PatientName
     assert "PatientID" not in source
     assert with_type2(complete) is complete
+
+
+@pytest.mark.integration
+def test_patient_and_study_values_their_vr_does_not_allow_are_left_empty(tmp_path: Path
+                                                                         ) -> None:
+    """As received from a real sender: a birth date written ISO style, a time with a colon,
+    a name component over 64 characters. Type 2 attributes may be empty, and are; the job
+    does not fail on them (it did: ValueError, the birth date in the message)."""
+    source = chest_cr("none")
+    with pydicom.config.disable_value_validation():
+        source.PatientBirthDate, source.StudyTime = "1970-01-01", "12:30"
+        source.ReferringPhysicianName = "X" * 70
+        source.ContentDate, source.StudyDate = "1993-02-24", "19930224"
+    seg = build_seg(source, chest_masks(source), modality="cxr", **MODEL)
+    objects = {"seg": seg, "sr": build_sr(source, seg, CXR_FINDINGS, modality="cxr", **MODEL),
+               "denoised": build_denoised(source, np.full((source.Rows, source.Columns), 0.5),
+                                          **MODEL)}
+    assert_valid(objects, tmp_path)
+    for ds in objects.values():
+        for name in ("PatientBirthDate", "StudyTime", "ReferringPhysicianName"):
+            assert name in ds and not ds[name].value, name  # Type 2: present, empty
+        assert ds.PatientName == source.PatientName  # what conforms is kept
+        assert ds.ContentDate == "19930224"  # the ISO content date is passed over
+    assert source.PatientBirthDate == "1970-01-01"  # the source is left as received
+    assert source_date_time(source) == ("19930224", "000000")

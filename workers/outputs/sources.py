@@ -6,15 +6,20 @@ Real images are not always conformant; our outputs must be. Here:
 - `highdicom_knows`: whether highdicom builds on the image's SOP class (a retired or private
   one gets a Secondary Capture copy to build on: `derived.build_frame_image`);
 - `with_type2`: the image with the Type 2 patient and study attributes that highdicom copies
-  into every output, present (empty) where the modality left them out.
+  into every output present, and empty where the modality left them out or sent a value its
+  VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a value
+  must neither fail a job nor reach an error message;
+- `conforms`: whether a value is valid for its VR.
 """
 
 from __future__ import annotations
 
 import copy
 
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pydicom.valuerep import validate_value
 
 from pacs_node.spool import is_valid_uid
 
@@ -47,13 +52,27 @@ def highdicom_knows(ds: Dataset) -> bool:
     return not sop_class.is_private and not sop_class.is_retired and bool(sop_class.type)
 
 
+def conforms(vr: str, value: object) -> bool:
+    """Whether `value` (one value, or several) is valid for `vr` (length, characters, form
+    of a date or time). pydicom's message would quote the value: it is dropped."""
+    values = value if isinstance(value, list | tuple) else [value]
+    try:
+        for one in values:
+            validate_value(vr, "" if one is None else str(one), config.RAISE)
+    except ValueError:
+        return False
+    return True
+
+
 def with_type2(source: Dataset) -> Dataset:
-    """`source`, or a copy of it with its missing `TYPE2_COPIED` attributes empty (a deep
-    copy: a pydicom Dataset's shallow copy shares its elements with the original)."""
-    missing = [name for name in TYPE2_COPIED if name not in source]
-    if not missing:
+    """`source`, or a copy of it whose `TYPE2_COPIED` attributes missing or not valid for
+    their VR are empty (a deep copy: a pydicom Dataset's shallow copy shares its elements
+    with the original)."""
+    emptied = [name for name in TYPE2_COPIED
+               if name not in source or not conforms(source[name].VR, source[name].value)]
+    if not emptied:
         return source
     complete = copy.deepcopy(source)
-    for name in missing:
+    for name in emptied:
         setattr(complete, name, "")
     return complete

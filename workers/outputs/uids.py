@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
 
+from workers.outputs.sources import conforms
+
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:umsrep:outputs")
 
 
@@ -36,9 +38,9 @@ def source_date_time(source: Dataset) -> tuple[str, str]:
     """
     for date_kw, time_kw in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"),
                              ("StudyDate", "StudyTime")):
-        date = str(source.get(date_kw, "") or "")
-        if date:
-            return date, str(source.get(time_kw, "") or "000000")
+        date, time = (str(source.get(kw, "") or "") for kw in (date_kw, time_kw))
+        if date and conforms("DA", date):  # a non-conformant one ("1970-01-01") is no date
+            return date, time if time and conforms("TM", time) else "000000"
     # No date at all (Type 2 attributes sent empty): the clock. The UIDs still repeat, so a
     # second run replaces the first object rather than adding a copy.
     now = datetime.now(UTC)

@@ -1,0 +1,63 @@
+"""No patient data in an error or a log line: umsrep_core.phi and the node's log handler."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from pacs_node import logs
+from umsrep_core.errors import RoutingError
+from umsrep_core.phi import describe, scrub
+
+BIRTH_DATE = "1970-01-01"
+NAME = "SMITH^JOHN"
+
+
+@pytest.fixture
+def node_logging() -> Iterator[None]:
+    """logs.setup as the node runs it, the root logger given back afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    # An earlier setup left warnings captured (logging then keeps pytest's recorder in place
+    # of its own): start from none.
+    logging.captureWarnings(False)
+    yield
+    logging.captureWarnings(False)
+    root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_foreign_messages_lose_their_quoted_values_but_not_the_names_of_attributes() -> None:
+    assert describe(ValueError(f"Unable to convert '{BIRTH_DATE}' to 'DA' object")) == (
+        "ValueError: Unable to convert '…' to 'DA' object")
+    assert describe(AttributeError("'FileDataset' object has no attribute "
+                                   "'ImagerPixelSpacing'")) == (
+        "AttributeError: '…' object has no attribute 'ImagerPixelSpacing'")
+    assert describe(KeyError("PatientName")) == "KeyError: 'PatientName'"
+    assert scrub(f'Invalid value for VR PN: "{NAME}".') == "Invalid value for VR PN: '…'."
+    # ours quote rule and file names, never DICOM values: kept whole
+    assert describe(RoutingError("no process rule named 'echo-v2'")) == (
+        "RoutingError: no process rule named 'echo-v2'")
+
+
+def test_the_node_log_scrubs_other_libraries_warnings_and_every_traceback(
+        node_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup()
+    logging.getLogger("pydicom").warning("Invalid value for VR DA: '%s'.", BIRTH_DATE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f'The string "{NAME}" is unlikely to represent the intended person name',
+                      UserWarning, stacklevel=1)
+    ours = logging.getLogger("pacs_node.test")
+    ours.info("study %s: no process rule named '%s'", "2.25.1@1", "echo-v2")
+    try:
+        raise ValueError(f"Unable to convert '{BIRTH_DATE}' to 'DA' object")
+    except ValueError:
+        ours.exception("outbox run failed")
+    err = capsys.readouterr().err
+    assert BIRTH_DATE not in err and "SMITH" not in err
+    assert "Invalid value for VR DA: '…'." in err and "unlikely to represent" in err
+    assert "no process rule named 'echo-v2'" in err  # our own line, as written
+    assert "ValueError: Unable to convert '…' to 'DA' object" in err
