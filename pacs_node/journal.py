@@ -195,7 +195,8 @@ class Journal:
 
         A study whose latest version is past receiving is reopened as a new version, so an
         instance that arrives late is never dropped. The same instance received again in the
-        same version replaces its row (a resend after a failure stores it exactly once).
+        same version with other bytes (`path` then names them: spool.versions) replaces its
+        row; with the same bytes it is not recorded again (the receiver notes a duplicate).
         """
         now = time.time()
         with self._tx() as db:
@@ -321,6 +322,12 @@ class Journal:
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         return {(r["destination"], r["state"]): r["n"] for r in self._query(
             "SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state")}
+
+    def holder(self, path: Path) -> str | None:
+        """The study key of the instance row that points at `path`, if one does."""
+        rows = self._query("SELECT study_key FROM instances WHERE path = ? LIMIT 1",
+                           (str(path),))
+        return str(rows[0]["study_key"]) if rows else None
 
     def counts(self) -> dict[str, int]:
         """Instances per study key, for listing without loading every row."""

@@ -17,6 +17,10 @@ from pacs_node.journal import STATES, Journal
 
 STORED = Counter("umsrep_instances_stored_total", "Instances stored (C-STORE Success)")
 REFUSED = Counter("umsrep_instances_refused_total", "C-STORE requests refused", ["status"])
+DUPLICATES = Counter("umsrep_instances_duplicate_total", "Instances received again with the "
+                     "bytes already stored: acknowledged, stored once")
+CONFLICTS = Counter("umsrep_instances_conflicting_total", "Instances received again with "
+                    "other bytes than those stored: kept beside them")
 STORE_SECONDS = Histogram("umsrep_store_seconds", "Time to check, spool and journal one "
                           "instance", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
 ASSOCIATIONS = Counter("umsrep_associations_total", "Associations ended", ["outcome"])

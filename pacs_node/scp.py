@@ -7,6 +7,7 @@ it to its final name and commits the journal row, and only then answers Success.
 
 from __future__ import annotations
 
+import filecmp
 import io
 import logging
 import os
@@ -38,7 +39,7 @@ from pacs_node import attrs, metrics
 from pacs_node.config import Caller, Config
 from pacs_node.journal import Journal
 from pacs_node.sender import server_tls_context
-from pacs_node.spool import Spool, check_uid
+from pacs_node.spool import Spool, check_uid, versions
 from umsrep_core.errors import IngestError
 from umsrep_core.phi import describe
 
@@ -301,15 +302,35 @@ class Receiver:
                                              f"of {node.max_image_pixels}")
         called = event.assoc.acceptor.ae_title.strip()
         instance_attrs = attrs.extract(ds, entry.calling_ae, called)
-        path = self.spool.path(study_uid, series_uid, sop_uid)
-        try:
-            size = self.spool.adopt(received, path)
-        except OSError as exc:
-            raise Rejected(OUT_OF_RESOURCES, f"cannot write the spool: {exc.strerror}") from exc
-        return self.journal.add_instance(
+        first = self.spool.path(study_uid, series_uid, sop_uid)
+        for path in versions(first):  # never over bytes already stored
+            try:
+                size = self.spool.adopt(received, path)
+            except OSError as exc:
+                raise Rejected(OUT_OF_RESOURCES,
+                               f"cannot write the spool: {exc.strerror}") from exc
+            if size is not None:
+                break
+            if filecmp.cmp(received, path, shallow=False):  # these bytes are stored
+                received.unlink()
+                holder = self.journal.holder(path)
+                if holder is not None:
+                    metrics.DUPLICATES.inc()
+                    self.journal.note(holder, "duplicate",
+                                      f"{sop_uid} received again, the same bytes: stored once")
+                    return holder
+                size = path.stat().st_size  # but not yet journaled (another association's)
+                break
+        assert size is not None  # the loop ends with the bytes in place
+        key = self.journal.add_instance(
             study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
             sop_class_uid=sop_class, transfer_syntax=str(syntax),
             path=path, size=size, attrs=instance_attrs)
+        if path != first:
+            metrics.CONFLICTS.inc()
+            self.journal.note(key, "conflict", f"{sop_uid} received again with other bytes "
+                                               f"than those stored: kept as {path.name}")
+        return key
 
 
 def start_server(config: Config, receiver: Receiver) -> ThreadedAssociationServer:

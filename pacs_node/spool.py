@@ -1,19 +1,22 @@
 """The spool: each instance's bytes exactly as received, written durably.
 
 A received dataset is written to a temporary file under `.incoming/` as it arrives, then
-fsynced and renamed to its final name (same file system), and the directory fsynced: a file
-under its final name is always whole. Names derive from UIDs through `file_name`: a valid UID
-is its own name, anything else a hash of it, so no UID, however odd, is ever a path.
+fsynced and linked to its final name (same file system), and the directory fsynced: a file
+under its final name is always whole, and never replaced: an instance received again with
+other bytes is kept beside the first (`versions`). Names derive from UIDs through
+`file_name`: a valid UID is its own name, anything else a hash of it, so no UID, however odd,
+is ever a path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,8 +65,9 @@ class Spool:
         study, series, instance = map(file_name, (study_uid, series_uid, sop_instance_uid))
         return self.root / study / series / f"{instance}.dcm"
 
-    def adopt(self, received: Path, path: Path) -> int:
-        """Move a received file (same file system) to `path` durably; returns its size."""
+    def adopt(self, received: Path, path: Path) -> int | None:
+        """Move a received file (same file system) to `path` durably, unless a file is there
+        already: its size, or None with the received file left where it is."""
         self._make_dirs(path.parent)
         fd = os.open(received, os.O_RDONLY)
         try:
@@ -71,7 +75,11 @@ class Spool:
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        os.replace(received, path)
+        try:
+            os.link(received, path)  # unlike a rename, never over an existing file
+        except FileExistsError:
+            return None
+        os.unlink(received)
         _fsync_dir(path.parent)
         return size
 
@@ -92,6 +100,14 @@ class Spool:
         for path in leftovers:
             path.unlink(missing_ok=True)
         return len(leftovers)
+
+
+def versions(path: Path) -> Iterator[Path]:
+    """`path`, then `<name>@2.dcm`, `<name>@3.dcm`...: where other bytes received under the
+    same SOP Instance UID are kept, beside the first."""
+    yield path
+    for n in itertools.count(2):
+        yield path.with_name(f"{path.stem}@{n}{path.suffix}")
 
 
 def write_durably(path: Path, fill: Callable[[BinaryIO], object]) -> None:

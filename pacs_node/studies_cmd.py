@@ -17,8 +17,11 @@ PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[str, Any]:
     # The first time each state was entered: the stage timings of the study.
     reached: dict[str, float] = {}
+    resent = {"duplicate": 0, "conflict": 0}  # instances received again (scp: never over)
     for event in journal.events(study.study_key):
         reached.setdefault(event["state"], event["at"])
+        if event["state"] in resent:
+            resent[event["state"]] += 1
     outbox: dict[str, int] = {}
     for item in journal.outbox(study.study_key):
         outbox[item["state"]] = outbox.get(item["state"], 0) + 1
@@ -28,6 +31,8 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "version": study.version,
         "state": study.state,
         "instances": count,
+        "duplicates": resent["duplicate"],
+        "conflicts": resent["conflict"],
         "route": study.route,
         "reason": study.reason,
         "created_at": study.created_at,
@@ -70,15 +75,16 @@ def _stage(report: dict[str, Any], start: str, end: str) -> str:
 
 
 def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
-    header = ["STUDY KEY", "STATE", "INST", "ROUTE", "RECEIVED", "WAIT s", "QUEUE s",
-              "RUN s", "INFER s", "OUTBOX", "REASON"]
+    header = ["STUDY KEY", "STATE", "INST", "DUP", "CONFLICT", "ROUTE", "RECEIVED", "WAIT s",
+              "QUEUE s", "RUN s", "INFER s", "OUTBOX", "REASON"]
     if phi:
         header[1:1] = ["PATIENT", "ID"]
     rows = []
     for r in reports:
         finished = next((s for s in ("done", "failed") if s in r["timestamps"]), "")
         row = [
-            r["study_key"], r["state"], str(r["instances"]), r["route"] or "-",
+            r["study_key"], r["state"], str(r["instances"]), str(r["duplicates"]),
+            str(r["conflicts"]), r["route"] or "-",
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])),
             _stage(r, "receiving", "complete"), _stage(r, "queued", "processing"),
             _stage(r, "processing", finished) if finished else "-",

@@ -73,8 +73,9 @@ def test_results_arrive_in_orthanc_once(serve: Any, orthanc: Orthanc, tmp_path: 
 
     count = len(orthanc.get("/instances"))
     assert storescu(node.port, cr).returncode == 0  # the PACS sends the CR again
-    wait_for(lambda: any(s["version"] == 2 and s["state"] == "done"
-                         for s in studies_json(node)))
+    wait_for(lambda: any(s["study_instance_uid"] == cr_uid and s["duplicates"] == 1
+                         for s in studies_json(node)))  # acknowledged, not stored again
+    assert [s["version"] for s in studies_json(node) if s["study_instance_uid"] == cr_uid] == [1]
     wait_for(lambda: all(o["outbox"].get("pending", 0) == 0 for o in studies_json(node)))
     assert len(orthanc.get("/instances")) == count  # nothing added
 

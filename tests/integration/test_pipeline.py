@@ -98,13 +98,14 @@ def test_the_same_study_twice_adds_nothing_and_our_outputs_are_not_processed(
     results = node.config.folder("results")
     assert results is not None
     first = {p.name: p.read_bytes() for p in results.rglob("*.dcm")}
-    assert storescu(node.port, cr).returncode == 0  # sent again: a second version
-    wait_until(lambda: settled(node, 2), timeout=60)
+    assert storescu(node.port, cr).returncode == 0  # sent again: a duplicate, no new version
+    [study] = wait_until(lambda: settled(node, 1), timeout=60)
+    assert [e["state"] for e in node.journal.events(study.study_key)].count("duplicate") == 1
     assert {p.name: p.read_bytes() for p in results.rglob("*.dcm")} == first
     outputs = sorted(results.rglob("*.dcm"))
     # A PACS sends our outputs back (dcmtk's storescu proposes no SEG context by default).
     assert all(r.ok for r in send_files("127.0.0.1", node.port, outputs, called_ae="UMSREP"))
-    studies = wait_until(lambda: settled(node, 3), timeout=60)
+    studies = wait_until(lambda: settled(node, 2), timeout=60)
     assert studies[-1].state == "ignored" and "our own outputs" in (studies[-1].reason or "")
 
 

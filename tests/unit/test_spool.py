@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pacs_node.spool import Spool, check_uid, file_name, is_valid_uid, write_durably
+from pacs_node.spool import (
+    Spool,
+    check_uid,
+    file_name,
+    is_valid_uid,
+    versions,
+    write_durably,
+)
 from umsrep_core.errors import IngestError
 
 
@@ -53,6 +60,21 @@ def test_adopt_moves_a_received_file_into_place(tmp_path: Path) -> None:
     assert spool.adopt(received, path) == 4000
     assert path.read_bytes() == b"DICM" * 1000
     assert not received.exists() and [p.name for p in path.parent.iterdir()] == ["1.2.3.4.dcm"]
+
+
+def test_adopt_never_replaces_a_stored_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    path = spool.path("1.2", "1.2.3", "1.2.3.4")
+    for n, content in enumerate((b"first", b"second")):
+        received = spool.incoming / f"tmp{n}.dcm"
+        received.write_bytes(content)
+        placed = next(p for p in versions(path) if spool.adopt(received, p) is not None)
+        assert placed.read_bytes() == content and not received.exists()
+    assert path.read_bytes() == b"first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["1.2.3.4.dcm", "1.2.3.4@2.dcm"]
+    received = spool.incoming / "tmp2.dcm"
+    received.write_bytes(b"third")
+    assert spool.adopt(received, path) is None and received.exists()  # left for the caller
 
 
 def test_partials_from_a_crash_are_removed(tmp_path: Path) -> None:
