@@ -124,12 +124,17 @@ def parse(path: Path, syntax: UID) -> tuple[Dataset, int]:
     return ds, length
 
 
+# The numbers an image's size is computed from: each a whole number of at least 1.
+IMAGE_NUMBERS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
+
+
 def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
     """Why a parsed dataset is not whole, or None.
 
     pydicom reads a short last element silently, so the declared lengths of the raw
-    elements are checked against the bytes received; and native pixel data shorter than
-    its image attributes is no image (empty pixel data is: an image without pixels).
+    elements are checked against the bytes received; and native pixel data shorter or
+    longer than its image attributes is no image (empty pixel data is: an image without
+    pixels), nor is one whose size attributes are not positive numbers.
     """
     if not ds:
         return "dataset is empty"
@@ -140,19 +145,28 @@ def incomplete(ds: Dataset, length: int, syntax: UID) -> str | None:
                 return "dataset is truncated before its last sequence delimiter"
         elif last.value_tell + last.length > length:
             return "dataset is truncated in its last element"
+    unfit = [k for k in IMAGE_NUMBERS if _number(ds, k, 1) < 1]
+    if unfit:  # NumberOfFrames -1 would pass every size check
+        return f"{', '.join(unfit)} not a positive whole number"
     pixels = ds._dict.get(PIXEL_DATA)
     if pixels is not None and not syntax.is_compressed:
         size = pixels.length if isinstance(pixels, RawDataElement) else len(pixels.value)
         expected = (image_pixels(ds) * _number(ds, "SamplesPerPixel", 1)
                     * _number(ds, "BitsAllocated", 8) + 7) // 8
-        # Empty pixel data is stored, as a PACS stores it: a cut-off image has some bytes.
-        if 0 < size < expected:
+        # Empty pixel data is stored, as a PACS stores it: a cut-off image has some bytes,
+        # and one with more than its image needs (padding to even aside) is no such image.
+        if size and size not in (expected, expected + expected % 2):
             return f"pixel data has {size} bytes, its image needs {expected}"
     return None
 
 
 def _number(ds: Dataset, keyword: str, default: int) -> int:
-    return int(ds.get(keyword, default) or default)
+    """An image attribute as a number, `default` where absent or empty, 0 where it is none."""
+    try:
+        value = ds.get(keyword)  # an IS that is no number raises as it is read
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return 0
 
 
 def image_pixels(ds: Dataset) -> int:

@@ -127,12 +127,24 @@ def test_bad_datasets_get_failure_statuses_and_journal_entries(
     not_storage.SOPInstanceUID = "1.2.3.98"
     assert c_store(node.port, not_storage, sop_class="1.2.840.10008.5.1.4.1.1.999") == 0x0122
 
+    # Both were stored: the first then skipped with no reason, the second's job failed (too
+    # many values to unpack).
+    minus_frames, too_long = pydicom.dcmread(good), pydicom.dcmread(good)
+    minus_frames.SOPInstanceUID, minus_frames.NumberOfFrames = "1.2.3.97", -1
+    assert c_store(node.port, minus_frames) == 0xC000
+    too_long.SOPInstanceUID, too_long.PixelData = "1.2.3.96", ds.PixelData + bytes(2**20)
+    assert c_store(node.port, too_long) == 0xC000
+
     # The node kept serving: a good instance still gets Success.
     assert c_store(node.port, good) == 0x0000
     rejections = journal_rows(node.data_dir,
                               "SELECT status, reason FROM rejections ORDER BY id")
-    assert [r[0] for r in rejections] == [0xC000, 0x0117, 0x0117, 0x0122]
+    assert [r[0] for r in rejections] == [0xC000, 0x0117, 0x0117, 0x0122, 0xC000, 0xC000]
     assert "printable ASCII" in rejections[2][1]
+    assert rejections[4][1] == "NumberOfFrames not a positive whole number"
+    expected = len(ds.PixelData)
+    assert rejections[5][1] == (f"pixel data has {expected + 2**20} bytes, its image needs "
+                                f"{expected}")
     rows = journal_rows(node.data_dir, "SELECT sop_instance_uid, study_uid, path FROM instances "
                                        "JOIN studies USING (study_key)")
     assert len(rows) == 3
