@@ -1,8 +1,10 @@
 """The DICOM edge: association checks, C-ECHO and C-STORE into the spool and journal.
 
 Small handlers bound to pynetdicom events. pynetdicom writes each dataset, bytes as received,
-to a temporary file in the spool while it arrives; the handler checks it, fsyncs it, renames
-it to its final name and commits the journal row, and only then answers Success.
+to a temporary file in the spool while it arrives; the handler checks it, fsyncs it, links
+it to its final name (never over a stored file: the same bytes again are a duplicate, other
+bytes a conflict kept beside the first) and commits the journal row, and only then answers
+Success.
 """
 
 from __future__ import annotations
