@@ -1,8 +1,10 @@
 """Study completion: a quiet period without new instances, or sooner where content says so.
 
 The quiet period is the first matching rule's (routing default otherwise), counted from the
-study's last instance, or from the node's start for a study that was receiving when the node
-stopped, so that a sender resending after a restart is not cut short.
+study's last instance. A study that was receiving when the node stopped waits at least
+`routing.restart_quiet_seconds` from the node's start, until an instance of it arrives again:
+its sender resends what failed when it next tries, and the partial study must not be routed
+and processed meanwhile.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ class Assembler:
             r.quiet_seconds for r in routing.rules if r.quiet_seconds is not None])
         for study in self.journal.studies(("receiving",)):
             idle = now - max(study.last_instance_at, self.started_at)
-            if idle < shortest:
+            # Nothing received since the restart: a sender's resend may still come.
+            floor = routing.restart_quiet_seconds if (
+                study.last_instance_at < self.started_at) else 0.0
+            if idle < max(shortest, floor):
                 continue  # no rule could be due yet: skip reading its instances
             attrs = [i.attrs for i in self.journal.instances(study.study_key)]
-            quiet = router.quiet_seconds(routing, attrs)
+            quiet = max(router.quiet_seconds(routing, attrs), floor)
             if idle >= quiet:
                 self._complete(study.study_key, f"quiet for {quiet:g} s")
 

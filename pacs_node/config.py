@@ -215,6 +215,9 @@ class Routing(Strict):
     # first: the first matching rule applies; all: every matching rule applies.
     apply: Literal["first", "all"] = "first"
     quiet_seconds: float = Field(default=10.0, ge=0)
+    # A study the node was receiving when it stopped waits at least this long from the
+    # restart: its sender resends what failed when it next tries, often minutes later.
+    restart_quiet_seconds: float = Field(default=300.0, ge=0)
     rules: list[Rule] = []
 
     @model_validator(mode="after")
