@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS instances (
     attrs TEXT NOT NULL,
     PRIMARY KEY (study_key, sop_instance_uid)
 );
+-- holder(): a resent instance is looked up by its spool path, on the association's thread.
+CREATE INDEX IF NOT EXISTS instances_path ON instances (path);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     study_key TEXT NOT NULL,

@@ -9,24 +9,21 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from prometheus_client import REGISTRY
 
 from pacs_node import samples
-from pacs_node.config import Config
 from pacs_node.node import Node
 from pacs_node.studies_cmd import study_report
-from tests.conftest import node_config, storescu, wait_until
+from tests.conftest import storescu, wait_until
 from tests.integration.conftest import settled
+from tests.integration.test_dispatch import make_node
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    raw = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 0.5})
-    running = Node(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))),
-                   handler=lambda *_: None)  # every job done at once: no model needed
+    running = make_node(tmp_path, handler=lambda *_: None)  # every job done: no model needed
     running.start()
     yield running
     running.stop()
