@@ -71,7 +71,14 @@ class Node(Strict):
     # The whitelist is on by default: an empty list means nobody may associate.
     callers: list[Caller] = [Caller(host="127.0.0.1"), Caller(host="::1")]
     tls: TLS | None = None
-    max_associations: int = Field(default=16, ge=1)
+    max_associations: int = Field(default=16, ge=1)  # of callers that passed the checks
+    # Connections whose caller is not known yet (no A-ASSOCIATE-RQ whole): the oldest is
+    # closed when one more arrives. Each has request_timeout_s to send its request whole,
+    # TLS handshake included; once associated, each PDU must arrive whole within
+    # network_timeout_s, and the peer may stay silent that long.
+    max_pending_connections: int = Field(default=32, ge=1)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
     max_pdu: int = Field(default=4_194_304, ge=0)  # bytes we accept per P-DATA PDU; 0 = unlimited
     max_image_pixels: int = Field(default=300_000_000, ge=1)  # rows x columns x frames
     min_free_disk_mb: int = Field(default=1024, ge=0)

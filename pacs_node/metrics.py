@@ -24,6 +24,11 @@ CONFLICTS = Counter("umsrep_instances_conflicting_total", "Instances received ag
 STORE_SECONDS = Histogram("umsrep_store_seconds", "Time to check, spool and journal one "
                           "instance", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
 ASSOCIATIONS = Counter("umsrep_associations_total", "Associations ended", ["outcome"])
+CONNECTIONS_CLOSED = Counter("umsrep_connections_closed_total", "Connections the node closed "
+                             "itself: timeout, pdu_too_large, tls_handshake, pending_limit",
+                             ["reason"])
+ASSOCIATIONS_REJECTED = Counter("umsrep_associations_rejected_total", "A-ASSOCIATE requests "
+                                "rejected: calling_ae, called_ae, limit", ["reason"])
 
 
 class JournalCollector(Collector):

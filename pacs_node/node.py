@@ -11,8 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-from pynetdicom.transport import ThreadedAssociationServer
-
 from pacs_node import router
 from pacs_node.assembler import Assembler
 from pacs_node.attrs import OWN_MANUFACTURER
@@ -24,6 +22,7 @@ from pacs_node.dispatch import (
     Handler,
     installed_handler,
 )
+from pacs_node.edge import BoundedServer
 from pacs_node.journal import Journal, journal_path
 from pacs_node.metrics import serve_metrics
 from pacs_node.outbox import Deliverer
@@ -50,7 +49,7 @@ class Node:
             else EmbeddedDispatcher(self.journal, lambda: self.config,
                                     handler or installed_handler(),
                                     after_job=self.deliverer.wake))
-        self.server: ThreadedAssociationServer | None = None
+        self.server: BoundedServer | None = None
         self._stop = threading.Event()
         self._resumer: threading.Thread | None = None
 
@@ -81,7 +80,6 @@ class Node:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         self.assembler.stop()
         self.deliverer.stop()
         self.dispatcher.close()

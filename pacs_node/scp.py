@@ -35,10 +35,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node import attrs, metrics
 from pacs_node.config import Caller, Config
+from pacs_node.edge import BoundedServer, Limits
 from pacs_node.journal import Journal
 from pacs_node.sender import server_tls_context
 from pacs_node.spool import Spool, check_uid, versions
@@ -54,8 +54,12 @@ DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 INVALID_SOP_INSTANCE = 0x0117
-# A-ASSOCIATE-RJ: rejected permanent, by the service user, calling / called AE not recognised.
-RJ_PERMANENT, RJ_SERVICE_USER, RJ_CALLING_AE, RJ_CALLED_AE = 0x01, 0x01, 0x03, 0x07
+# A-ASSOCIATE-RJ (result, source, diagnostic): rejected permanently by the service user,
+# calling / called AE title not recognised; rejected for now by the service provider
+# (presentation), local limit exceeded.
+RJ_CALLING_AE = (0x01, 0x01, 0x03)
+RJ_CALLED_AE = (0x01, 0x01, 0x07)
+RJ_LIMIT = (0x02, 0x03, 0x02)
 
 DICOM_ROOT = "1.2.840.10008."
 # Registry SOP classes named "... Storage" that store no instances: DICOMDIR, Storage
@@ -221,21 +225,29 @@ class Receiver:
         calling = request.calling_ae_title.strip()
         called = request.called_ae_title.strip()
         peer = assoc.requestor.address
-        if not caller_allowed(self.config.node.callers, calling, peer):
-            log.warning("association rejected: calling AE %r from %s is not allowed",
-                        calling, peer)
-            self._reject(assoc, RJ_CALLING_AE)
-        elif called not in self.config.node.ae_titles:
-            log.warning("association rejected: called AE %r (from %r at %s) is not ours",
-                        called, calling, peer)
-            self._reject(assoc, RJ_CALLED_AE)
-        else:
-            with self._lock:
+        node = self.config.node
+        if not caller_allowed(node.callers, calling, peer):
+            self._reject(assoc, RJ_CALLING_AE, "calling_ae", "calling AE %r from %s is not "
+                         "allowed", calling, peer)
+            return
+        if called not in node.ae_titles:
+            self._reject(assoc, RJ_CALLED_AE, "called_ae", "called AE %r (from %r at %s) is "
+                         "not ours", called, calling, peer)
+            return
+        with self._lock:  # a slot only for a known caller (the edge bounds the others)
+            admitted = len(self._assocs) < node.max_associations
+            if admitted:
                 self._assocs[id(assoc)] = AssociationLog(calling, peer)
+        if not admitted:
+            self._reject(assoc, RJ_LIMIT, "limit", "%d associations are open, the most "
+                         "allowed (%r from %s)", node.max_associations, calling, peer)
 
     @staticmethod
-    def _reject(assoc: Association, diagnostic: int) -> None:
-        assoc.acse.send_reject(RJ_PERMANENT, RJ_SERVICE_USER, diagnostic)
+    def _reject(assoc: Association, rsd: tuple[int, int, int], reason: str, why: str,
+                *args: object) -> None:
+        metrics.ASSOCIATIONS_REJECTED.labels(reason).inc()
+        log.warning("association rejected: " + why, *args)
+        assoc.acse.send_reject(*rsd)
         assoc.kill()  # waits until the A-ASSOCIATE-RJ has gone out, as pynetdicom's own path
 
     def _log_of(self, assoc: Association) -> AssociationLog:
@@ -349,7 +361,7 @@ class Receiver:
         return key
 
 
-def start_server(config: Config, receiver: Receiver) -> ThreadedAssociationServer:
+def start_server(config: Config, receiver: Receiver) -> BoundedServer:
     """Listen on the configured address; returns the running server (non-blocking)."""
     node = config.node
     # Accept every proposed storage context, private SOP classes included: a modality's
@@ -364,13 +376,19 @@ def start_server(config: Config, receiver: Receiver) -> ThreadedAssociationServe
     ae = AE(ae_title=node.ae_titles[0])
     ae.add_supported_context(Verification)
     ae.require_called_aet = False  # several called AE titles: checked in on_requested
-    ae.maximum_associations = node.max_associations
+    # pynetdicom counts every connection's thread against this, callers known or not, and
+    # closing ones: the limits are the edge's (pending) and on_requested's (known callers).
+    ae.maximum_associations = 1 << 20
     ae.maximum_pdu_size = node.max_pdu
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ssl_context = server_tls_context(node.tls) if node.tls is not None else None
-    server = ae.start_server((node.bind, node.port), block=False,
-                             evt_handlers=receiver.handlers(), ssl_context=ssl_context)
-    assert server is not None  # non-blocking start returns the server
-    return server
+    ae.network_timeout = node.network_timeout_s
+    ae.acse_timeout = node.request_timeout_s
+    ae.dimse_timeout = node.network_timeout_s
+    limits = Limits(request_timeout=node.request_timeout_s,
+                    network_timeout=node.network_timeout_s, max_pdu=node.max_pdu,
+                    max_pending=node.max_pending_connections)
+    server = ae.make_server(
+        (node.bind, node.port), evt_handlers=receiver.handlers(),
+        ssl_context=server_tls_context(node.tls) if node.tls is not None else None,
+        server_class=BoundedServer, limits=limits)
+    threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
+    return cast(BoundedServer, server)

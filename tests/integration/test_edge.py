@@ -1,0 +1,197 @@
+"""The node's edge under hostile connections (issue 22 part 1): silent and half-sent requests,
+PDUs declared over the limit, TLS callers that never shake hands, more connections than slots,
+and a stop while peers hold connections open. Raw sockets play the hostile peers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from pacs_node.config import TLS
+from pacs_node.sender import echo
+from tests.conftest import ECHOSCU, node_config, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def associate_rq(calling: str = "EDGE", called: str = "UMSREP") -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing Verification."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = calling, called
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.10.1"
+    primitive.user_information = [length, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def pdu_header(pdu_type: int, length: int) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, length)
+
+
+@contextmanager
+def connections(port: int, count: int, first_bytes: bytes = b"") -> Iterator[list[socket.socket]]:
+    with ExitStack() as stack:
+        socks = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), 5))
+            sock.sendall(first_bytes)
+            socks.append(sock)
+        yield socks
+
+
+def closed_by_peer(sock: socket.socket, within: float) -> bool:
+    """Whether the node closes the connection (EOF or reset) within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def echoscu(port: int, aet: str = "ECHOSCU") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([ECHOSCU, "-aet", aet, "-aec", "UMSREP", "127.0.0.1", str(port)],
+                          capture_output=True, timeout=30)
+
+
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmRSS:")))
+
+
+def edge_node(serve: Any, tmp_path: Path, **node: Any) -> Any:
+    config = node_config(tmp_path / "data", 0, node={"request_timeout_s": 2, **node})
+    return serve(config)
+
+
+def test_silent_and_half_sent_requests_take_no_slot_and_are_closed(serve: Any,
+                                                                   tmp_path: Path) -> None:
+    node = edge_node(serve, tmp_path, max_associations=2, max_pending_connections=4)
+    # A header declaring 1000 bytes, then 2 of them: pynetdicom alone reads on for ever.
+    half_sent = pdu_header(0x01, 1000) + b"\x00\x01"
+    with connections(node.port, 3) as silent, connections(node.port, 3, half_sent) as half:
+        opened = time.monotonic()
+        # Six unknown connections, two slots: a caller still gets in, at once.
+        assert echoscu(node.port).returncode == 0
+        for sock in silent + half:
+            assert closed_by_peer(sock, within=max(0.1, opened + 4 - time.monotonic()))
+    log = node.log()
+    assert "the association request did not arrive whole in time" in log
+    assert "connections have no association yet" in log  # the seventh closed the oldest
+    assert node.proc.poll() is None
+
+
+def test_pdus_declared_over_the_limit_are_refused_before_they_are_read(
+        serve: Any, tmp_path: Path) -> None:
+    node = edge_node(serve, tmp_path, max_pdu=65536)
+    before = rss_kb(node.proc.pid)
+    # Before association: a request declaring 4 GiB.
+    with connections(node.port, 1, pdu_header(0x01, 0xFFFFFFFF) + b"\x00" * 1024) as (sock,):
+        assert closed_by_peer(sock, within=3)
+    # After association: P-DATA declaring 128 MB against 64 KiB negotiated, then streaming.
+    with connections(node.port, 1, associate_rq()) as (sock,):
+        assert sock.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
+        sock.sendall(pdu_header(0x04, 128 << 20))
+        sent, chunk = 0, b"\x00" * (1 << 20)
+        with pytest.raises(OSError):  # the node closes it: broken pipe or reset
+            for _ in range(128):
+                sock.sendall(chunk)
+                sent += len(chunk)
+        assert sent < 64 << 20
+    assert rss_kb(node.proc.pid) - before < 32 << 10  # KB: nothing of it was held in memory
+    assert node.log().count("bytes, over the") == 2
+    assert echoscu(node.port).returncode == 0
+
+
+def test_known_callers_get_the_slots_and_the_rest_are_told_to_come_back(
+        serve: Any, tmp_path: Path) -> None:
+    node = edge_node(serve, tmp_path, max_associations=1)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    holder = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
+    assert holder.is_established
+    try:
+        second = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
+        assert second.is_rejected
+        assert second.acceptor.primitive is not None
+        result = second.acceptor.primitive
+        assert (result.result, result.result_source, result.diagnostic) == (0x02, 0x03, 0x02)
+    finally:
+        holder.release()
+    assert wait_until(lambda: echoscu(node.port).returncode == 0, timeout=10)
+    assert "associations are open, the most allowed" in node.log()
+
+
+def test_tls_handshakes_run_beside_each_other(serve: Any, pki: Path, tmp_path: Path) -> None:
+    server = {"cert": str(pki / "server.pem"), "key": str(pki / "server.key"),
+              "ca": str(pki / "ca.pem")}
+    node = edge_node(serve, tmp_path, tls=server)
+    client = TLS(cert=pki / "client.pem", key=pki / "client.key", ca=pki / "ca.pem")
+    # One silent TCP connection and one that speaks no TLS: the accept loop goes on.
+    with connections(node.port, 1) as (silent,), \
+            connections(node.port, 1, b"GET / HTTP/1.0\r\n\r\n") as (plain,):
+        started = time.monotonic()
+        assert echo("127.0.0.1", node.port, called_ae="UMSREP", calling_ae="TLSSCU",
+                    tls=client, timeout=5) == 0
+        assert time.monotonic() - started < 2  # not after the silent one's timeout
+        assert closed_by_peer(plain, within=3)
+        assert closed_by_peer(silent, within=4)
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    # The node ends it (refused, reset or EOF) and never reads the request: no certificate.
+    with socket.create_connection(("127.0.0.1", node.port), 5) as raw, \
+            contextlib.suppress(OSError), \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(associate_rq())
+        tls.recv(1)
+    # Each failed handshake is logged: no TLS, no certificate, nothing at all.
+    assert wait_until(lambda: node.log().count("TLS handshake failed") >= 3, timeout=5)
+
+
+def test_sigterm_stops_the_node_within_seconds_whatever_peers_hold(
+        serve: Any, tmp_path: Path) -> None:
+    node = edge_node(serve, tmp_path, request_timeout_s=60, network_timeout_s=600)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    holder = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
+    assert holder.is_established
+    with connections(node.port, 2, pdu_header(0x01, 1000)), \
+            connections(node.port, 1, associate_rq()) as (mid_pdu,):
+        assert mid_pdu.recv(1)[0] == 0x02
+        mid_pdu.sendall(pdu_header(0x04, 1000) + b"\x00" * 10)  # and the rest never comes
+        time.sleep(0.5)
+        started = time.monotonic()
+        node.proc.terminate()
+        node.proc.wait(timeout=15)
+        assert time.monotonic() - started < 8
+    assert holder.is_aborted or wait_until(lambda: holder.is_aborted, timeout=5)
