@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pacs_node import router
 from pacs_node.config import Routing
 from pacs_node.journal import Journal
+from pacs_node.logs import LoopFailures
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,16 @@ class Assembler:
             self.on_complete(key)
 
     def start(self, interval: float = 0.2) -> None:
+        failures = LoopFailures(log, "study completion")
+
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
                     self.tick()
-                except Exception:  # keep completing other studies; the error is logged
-                    log.exception("assembler tick failed")
+                except Exception as exc:  # keep completing other studies; the error is logged
+                    failures.failed(exc)
+                else:
+                    failures.succeeded()
 
         self._thread = threading.Thread(target=loop, name="assembler", daemon=True)
         self._thread.start()

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 TASK_NAME = "umsrep.process_study"
 HANDLER_GROUP = "umsrep.handlers"
 
+BROKER_TIMEOUT_S = 5.0  # to connect to the broker, and for each of its answers
+
 # Tries of one job that may die with their process (a worker killed, out of memory, the node
 # stopped) before the job is failed instead of tried again.
 LOST_TRIES = 3
@@ -186,8 +188,14 @@ class CeleryDispatcher:
         from celery import Celery  # noqa: PLC0415 - only nodes with a broker pay its import
 
         self.app = Celery("umsrep-node", broker=broker.url, backend=broker.result_backend)
+        # A broker that accepts connections and never answers would hold the dispatch thread
+        # for ever without socket timeouts (kombu's redis transport sets none by default).
         self.app.conf.update(task_serializer="json", accept_content=["json"],
-                             broker_connection_retry_on_startup=False)
+                             broker_connection_retry_on_startup=False,
+                             broker_connection_timeout=BROKER_TIMEOUT_S,
+                             broker_transport_options={
+                                 "socket_timeout": BROKER_TIMEOUT_S,
+                                 "socket_connect_timeout": BROKER_TIMEOUT_S})
 
     def dispatch(self, study_key: str, route: str, queue: str) -> None:
         try:

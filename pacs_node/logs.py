@@ -33,6 +33,27 @@ class Formatter(logging.Formatter):
         return scrub(super().formatException(ei))
 
 
+class LoopFailures:
+    """A background loop's failures, logged with the traceback when they start or change and
+    once more when the loop works again, not on every turn: a full disk fails each turn."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger, self.what = logger, what
+        self._last: str | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        current = f"{type(exc).__name__}: {exc}"
+        if current != self._last:
+            self.logger.error("%s failed (logged again only if the error changes)", self.what,
+                              exc_info=exc)
+            self._last = current
+
+    def succeeded(self) -> None:
+        if self._last is not None:
+            self.logger.info("%s works again", self.what)
+            self._last = None
+
+
 class JsonFormatter(Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {

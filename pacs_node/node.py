@@ -24,6 +24,7 @@ from pacs_node.dispatch import (
 )
 from pacs_node.edge import BoundedServer
 from pacs_node.journal import Journal, journal_path
+from pacs_node.logs import LoopFailures
 from pacs_node.metrics import serve_metrics
 from pacs_node.outbox import Deliverer
 from pacs_node.scp import Receiver, start_server
@@ -32,7 +33,7 @@ from umsrep_core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
-RESUME_INTERVAL_S = 5.0
+DISPATCH_INTERVAL_S = 5.0
 
 
 class Node:
@@ -51,7 +52,8 @@ class Node:
                                     after_job=self.deliverer.wake))
         self.server: BoundedServer | None = None
         self._stop = threading.Event()
-        self._resumer: threading.Thread | None = None
+        self._dispatch_now = threading.Event()
+        self._dispatcher_thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -69,8 +71,9 @@ class Node:
         self.server = start_server(self.config, self.receiver)
         self.assembler.start()
         self.deliverer.start()
-        self._resumer = threading.Thread(target=self._resume_loop, name="resume", daemon=True)
-        self._resumer.start()
+        self._dispatcher_thread = threading.Thread(target=self._dispatch_loop, name="dispatch",
+                                                   daemon=True)
+        self._dispatcher_thread.start()
         log.info("listening on %s:%d as %s; data in %s; %s", self.config.node.bind, self.port,
                  ", ".join(self.config.node.ae_titles), self.config.node.data_dir,
                  "broker " + _redact(self.config.broker.url) if self.config.broker
@@ -78,6 +81,7 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+        self._dispatch_now.set()
         if self.server is not None:
             self.server.shutdown()
         self.assembler.stop()
@@ -114,7 +118,7 @@ class Node:
         if any(r.process is not None for r in rules):
             self.journal.set_state(key, "queued", route=names)
             log.info("study %s: queued by rule(s) %s", key, names)
-            self.dispatch_pending(key)
+            self._dispatch_now.set()  # by the dispatch thread: a broker may take its time
         elif any(r.forward is not None for r in rules):
             self.journal.set_state(key, "done", route=names, reason="forwarded (see outbox)")
             log.info("study %s: forwarded by rule(s) %s", key, names)
@@ -122,12 +126,12 @@ class Node:
             self.journal.set_state(key, "ignored", route=names, reason=f"ignored by {names}")
             log.info("study %s: ignored by rule(s) %s", key, names)
 
-    def dispatch_pending(self, key: str | None = None) -> None:
+    def dispatch_pending(self) -> None:
         """Dispatch the jobs not yet handed to a dispatcher, or sent so long ago that the
-        broker may have lost them (all studies when key is None)."""
+        broker may have lost them."""
         broker = self.config.broker
         stale_before = time.time() - broker.redispatch_after_s if broker else 0.0
-        for job in self.journal.jobs(key):
+        for job in self.journal.jobs():
             sent = job["dispatched_at"]
             if job["state"] != "queued" or (sent is not None and sent > stale_before):
                 continue
@@ -143,21 +147,29 @@ class Node:
             self.journal.job_dispatched(job["study_key"], job["route"])
 
     def resume(self) -> None:
-        """Pick up studies left in an in-between state when the node last stopped."""
+        """Pick up studies left in an in-between state when the node last stopped (their jobs
+        are dispatched once the dispatch thread starts)."""
         for study in self.journal.studies(("complete",)):
             log.info("study %s: resuming routing", study.study_key)
             self.route_study(study.study_key)
         requeued = self.journal.requeue_jobs()
         if requeued:
             log.info("re-dispatching %d job(s) interrupted by the last stop", requeued)
-        self.dispatch_pending()
 
-    def _resume_loop(self) -> None:
-        while not self._stop.wait(RESUME_INTERVAL_S):
+    def _dispatch_loop(self) -> None:
+        """The one thread that hands jobs to the dispatcher: when a study is queued, and every
+        DISPATCH_INTERVAL_S for what was deferred or lost. The association and completion
+        threads only write the journal, so that a broker outage never holds up intake."""
+        failures = LoopFailures(log, "dispatch")
+        while not self._stop.is_set():
+            self._dispatch_now.clear()
             try:
                 self.dispatch_pending()
-            except Exception:
-                log.exception("re-dispatch failed")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
+            self._dispatch_now.wait(DISPATCH_INTERVAL_S)
 
 
 def _redact(url: str) -> str:

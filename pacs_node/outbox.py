@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pacs_node.config import Config, Destination, Retry
 from pacs_node.journal import Journal, OutboxItem
+from pacs_node.logs import LoopFailures
 from pacs_node.sender import SendAborted, send_files
 from pacs_node.spool import write_durably
 from umsrep_core.errors import UmsrepError
@@ -82,12 +83,15 @@ class Deliverer:
         self._wake.set()
 
     def _loop(self) -> None:
+        failures = LoopFailures(log, "outbox run")
         while not self._stop.is_set():
             self._wake.clear()  # before the run: a wake during it triggers the next one
             try:
                 self.run_once()
-            except Exception:
-                log.exception("outbox run failed")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             self._wake.wait(POLL_INTERVAL_S)
 
     # --- one run -----------------------------------------------------------------------------

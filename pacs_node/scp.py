@@ -13,15 +13,14 @@ import filecmp
 import io
 import logging
 import os
+import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from ipaddress import ip_address
 from pathlib import Path
-from tempfile import NamedTemporaryFile
 from typing import Any, BinaryIO, cast
 
 from pydicom.dataelem import RawDataElement
@@ -39,6 +38,7 @@ from pynetdicom.sop_class import Verification, uid_to_service_class  # type: ign
 from pacs_node import attrs, metrics
 from pacs_node.config import Caller, Config
 from pacs_node.edge import BoundedServer, Limits
+from pacs_node.incoming import Incoming
 from pacs_node.journal import Journal
 from pacs_node.sender import server_tls_context
 from pacs_node.spool import Spool, check_uid, versions
@@ -204,6 +204,7 @@ class Receiver:
         self.spool = spool
         self.journal = journal
         self.on_release = on_release
+        self.incoming = Incoming(spool.incoming, config.node.min_free_disk_mb)
         self._assocs: dict[int, AssociationLog] = {}
         self._lock = threading.Lock()
 
@@ -261,6 +262,7 @@ class Receiver:
             self.on_release(set(entry.studies))
 
     def on_closed(self, event: Event) -> None:
+        partial = self.incoming.discard(event.assoc.dul)  # datasets it never finished
         with self._lock:
             entry = self._assocs.pop(id(event.assoc), None)
         if entry is None:
@@ -268,8 +270,9 @@ class Receiver:
         outcome = "released" if event.assoc.is_released else "aborted"
         metrics.ASSOCIATIONS.labels(outcome).inc()
         log.info("association %s: calling AE %r from %s, %d stored, %d failed, %d studies, "
-                 "%.2f s", outcome, entry.calling_ae, entry.peer, entry.stored, entry.failed,
-                 len(entry.studies), time.monotonic() - entry.started)
+                 "%d partial datasets deleted, %.2f s", outcome, entry.calling_ae, entry.peer,
+                 entry.stored, entry.failed, len(entry.studies), partial,
+                 time.monotonic() - entry.started)
 
     # --- C-STORE ----------------------------------------------------------------------------
 
@@ -287,9 +290,12 @@ class Receiver:
             entry.failed += 1
             metrics.REFUSED.labels(f"0x{exc.status:04X}").inc()
             log.warning("C-STORE refused (0x%04X) from %r: %s", exc.status, entry.calling_ae, exc)
-            self.journal.reject(calling_ae=entry.calling_ae, peer=entry.peer,
-                                sop_instance_uid=sop_uid[:64] or None, status=exc.status,
-                                reason=str(exc))
+            try:
+                self.journal.reject(calling_ae=entry.calling_ae, peer=entry.peer,
+                                    sop_instance_uid=sop_uid[:64] or None, status=exc.status,
+                                    reason=str(exc))
+            except sqlite3.OperationalError as journal_error:  # a full disk: answer anyway
+                log.warning("the refusal is not journaled: %s", journal_error)
             status = Dataset()
             status.Status = exc.status
             status.ErrorComment = str(exc)[:64]
@@ -300,6 +306,10 @@ class Receiver:
         return SUCCESS
 
     def _store(self, event: Event, entry: AssociationLog) -> str:
+        received = event.dataset_path  # written by pynetdicom as the fragments arrived
+        short = self.incoming.claim(received)
+        if short:
+            raise Rejected(OUT_OF_RESOURCES, short)
         node = self.config.node
         if self.spool.free_mb() < node.min_free_disk_mb:
             raise Rejected(OUT_OF_RESOURCES,
@@ -307,7 +317,6 @@ class Receiver:
         sop_class = str(event.request.AffectedSOPClassUID or "")
         if not storage_supported(sop_class):
             raise Rejected(SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} is not storage")
-        received = event.dataset_path  # written by pynetdicom as the fragments arrived
         syntax = event.context.transfer_syntax
         try:
             ds, parsed_len = parse(received, syntax)
@@ -350,10 +359,13 @@ class Receiver:
                 size = path.stat().st_size  # but not yet journaled (another association's)
                 break
         assert size is not None  # the loop ends with the bytes in place
-        key = self.journal.add_instance(
-            study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class, transfer_syntax=str(syntax),
-            path=path, size=size, attrs=instance_attrs)
+        try:
+            key = self.journal.add_instance(
+                study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
+                sop_class_uid=sop_class, transfer_syntax=str(syntax),
+                path=path, size=size, attrs=instance_attrs)
+        except sqlite3.OperationalError as exc:  # full: the resend finds the bytes unjournaled
+            raise Rejected(OUT_OF_RESOURCES, f"cannot write the journal: {exc}") from exc
         if path != first:
             metrics.CONFLICTS.inc()
             self.journal.note(key, "conflict", f"{sop_uid} received again with other bytes "
@@ -368,11 +380,14 @@ def start_server(config: Config, receiver: Receiver) -> BoundedServer:
     # private objects are stored as sent; public UIDs that are not storage classes get 0x0122.
     # pynetdicom keeps this switch per process: the node's process is the node's.
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # pynetdicom checks the request's UIDs as it decodes it and aborts the association on one
+    # over 64 characters; accepted there, `_store` refuses it with a status and a journal row.
+    _config.VALIDATORS["UI"] = lambda _: (True, "")
     # Write each dataset to a file in the spool's own folder while its fragments arrive, so
-    # that storing it is an fsync and a rename (same file system), overlapped with the network.
+    # that storing it is an fsync and a link (same file system), overlapped with the network.
     _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
-        NamedTemporaryFile, dir=receiver.spool.incoming)
+    # pynetdicom has no setting for these files; its module-level name is the one way in.
+    dimse_messages.NamedTemporaryFile = receiver.incoming.open  # type: ignore[assignment]
     ae = AE(ae_title=node.ae_titles[0])
     ae.add_supported_context(Verification)
     ae.require_called_aet = False  # several called AE titles: checked in on_requested

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +21,19 @@ import yaml
 from pacs_node.config import Config
 from pacs_node.journal import Journal
 from pacs_node.node import Node
-from tests.conftest import node_config, storescu, wait_until
+from tests.conftest import ECHOSCU, node_config, storescu, wait_until
+from tests.integration import test_celery
 
 pytestmark = pytest.mark.integration
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
+
+own_redis = test_celery.own_redis  # a redis-server of the test's own, started when asked
+
+
+def echo_ok(port: int) -> bool:
+    return subprocess.run([ECHOSCU, "-aet", "ECHOSCU", "-aec", "UMSREP", "127.0.0.1", str(port)],
+                          capture_output=True, timeout=30).returncode == 0
 
 
 def make_node(tmp_path: Path, handler: Any = None, **sections: Any) -> Node:
@@ -66,13 +79,44 @@ def test_routed_study_becomes_a_celery_message_on_the_route_queue(
     client.delete("cxr")
 
 
-def test_unreachable_broker_defers_dispatch_without_losing_the_study(
-        running: Any, study_files: Any) -> None:
-    node = running(broker={"url": "redis://127.0.0.1:1/0"})
-    assert storescu(node.port, study_files("cr")).returncode == 0
-    study = wait_until(lambda: [s for s in node.journal.studies() if s.state == "queued"])[0]
-    job = node.journal.jobs(study.study_key)[0]
-    assert job["state"] == "queued" and job["dispatched_at"] is None
+@contextmanager
+def silent_broker(url: str) -> Iterator[None]:
+    """A listener on the broker's port that accepts connections and never answers: the worst
+    outage, where each broker call lasts until its timeout."""
+    port = int(url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
+    with socket.create_server(("127.0.0.1", port)) as listener:
+        held: list[socket.socket] = []
+
+        def hold() -> None:
+            with contextlib.suppress(OSError):  # until the listener closes
+                while True:
+                    held.append(listener.accept()[0])
+
+        threading.Thread(target=hold, daemon=True).start()
+        yield
+    for sock in held:
+        sock.close()
+
+
+def test_a_broker_outage_delays_dispatch_and_never_intake(
+        running: Any, study_files: Any, own_redis: Any) -> None:
+    node = running(broker={"url": own_redis.url})
+    with silent_broker(own_redis.url):
+        for seed in range(4):  # one study per association: each completes on release
+            started = time.monotonic()
+            assert storescu(node.port, study_files("cr", seed=seed)).returncode == 0
+            assert echo_ok(node.port)
+            # Answered at once, not after a broker call's 5 s timeout.
+            assert time.monotonic() - started < 3
+        # No association's thread waits on the broker (pynetdicom names them AcceptorThread).
+        assert wait_until(lambda: not [t for t in threading.enumerate()
+                                       if t.name.startswith("AcceptorThread")], timeout=2)
+        queued = wait_until(lambda: len([s for s in node.journal.studies()
+                                         if s.state == "queued"]) == 4)
+        assert queued and all(j["dispatched_at"] is None for j in node.journal.jobs())
+    own_redis()  # the broker is back: every job goes out, once
+    assert wait_until(lambda: all(j["dispatched_at"] for j in node.journal.jobs()), timeout=60)
+    assert redis.Redis.from_url(own_redis.url).llen("cxr") == 4
 
 
 def test_embedded_pool_runs_the_handler_and_records_its_outcome(

@@ -12,19 +12,25 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
 from pacs_node.config import TLS
 from pacs_node.sender import echo
@@ -33,12 +39,13 @@ from tests.conftest import ECHOSCU, node_config, wait_until
 pytestmark = pytest.mark.integration
 
 
-def associate_rq(calling: str = "EDGE", called: str = "UMSREP") -> bytes:
-    """An A-ASSOCIATE-RQ PDU proposing Verification."""
+def associate_rq(sop_class: str = Verification, calling: str = "EDGE",
+                 called: str = "UMSREP") -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing one context (ID 1), explicit VR little endian."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
     primitive.calling_ae_title, primitive.called_ae_title = calling, called
-    context = build_context(Verification)
+    context = build_context(sop_class, [ExplicitVRLittleEndian])
     context.context_id = 1
     primitive.presentation_context_definition_list = [context]
     length = MaximumLengthNotification()
@@ -49,6 +56,23 @@ def associate_rq(calling: str = "EDGE", called: str = "UMSREP") -> bytes:
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
+
+
+def c_store_pdus(path: Path, max_pdu: int = 16384) -> list[bytes]:
+    """The P-DATA-TF PDUs of a C-STORE of the file's dataset on context 1."""
+    ds = pydicom.dcmread(path)
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    request.DataSet = BytesIO(encode(ds, False, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = []
+    for primitive in message.encode_msg(1, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        pdus.append(bytes(pdu.encode()))
+    return pdus
 
 
 def pdu_header(pdu_type: int, length: int) -> bytes:
@@ -195,3 +219,20 @@ def test_sigterm_stops_the_node_within_seconds_whatever_peers_hold(
         node.proc.wait(timeout=15)
         assert time.monotonic() - started < 8
     assert holder.is_aborted or wait_until(lambda: holder.is_aborted, timeout=5)
+
+
+def test_transfers_cut_off_leave_no_partial_file(serve: Any, study_files: Any,
+                                                 tmp_path: Path) -> None:
+    node = edge_node(serve, tmp_path)
+    incoming = node.data_dir / "spool" / ".incoming"
+    pdus = c_store_pdus(study_files("cr", rows=1024, columns=1024)[0])
+    for cut in (2, len(pdus) // 2, len(pdus) - 1):  # the sender dies part-way, three times
+        with connections(node.port, 1, associate_rq(ComputedRadiographyImageStorage)) as (sock,):
+            assert sock.recv(1)[0] == 0x02
+            for pdu in pdus[:cut]:
+                sock.sendall(pdu)
+            assert wait_until(lambda: any(incoming.iterdir()), timeout=5)
+        # The node deletes the partial dataset when the connection ends, not at its restart.
+        assert wait_until(lambda: not any(incoming.iterdir()), timeout=5)
+    assert node.log().count("1 partial datasets deleted") == 3
+    assert not list((node.data_dir / "spool").rglob("*.dcm"))

@@ -121,6 +121,9 @@ def test_bad_datasets_get_failure_statuses_and_journal_entries(
     unprintable = ds.copy()
     unprintable.SOPInstanceUID = "1.2.3.\x1b[2J"  # would clear a terminal showing the log
     assert c_store(node.port, unprintable) == 0x0117
+    overlong = ds.copy()  # pynetdicom alone aborts the association on it, with no status
+    overlong.SOPInstanceUID = "1.2." + "3" * 82
+    assert c_store(node.port, overlong) == 0x0117
 
     not_storage = ds.copy()
     not_storage.SOPClassUID = "1.2.840.10008.5.1.4.1.1.999"
@@ -139,11 +142,13 @@ def test_bad_datasets_get_failure_statuses_and_journal_entries(
     assert c_store(node.port, good) == 0x0000
     rejections = journal_rows(node.data_dir,
                               "SELECT status, reason FROM rejections ORDER BY id")
-    assert [r[0] for r in rejections] == [0xC000, 0x0117, 0x0117, 0x0122, 0xC000, 0xC000]
+    assert [r[0] for r in rejections] == [0xC000, 0x0117, 0x0117, 0x0117, 0x0122, 0xC000,
+                                          0xC000]
     assert "printable ASCII" in rejections[2][1]
-    assert rejections[4][1] == "NumberOfFrames not a positive whole number"
+    assert rejections[3][1] == "SOPInstanceUID is longer than 64 characters"
+    assert rejections[5][1] == "NumberOfFrames not a positive whole number"
     expected = len(ds.PixelData)
-    assert rejections[5][1] == (f"pixel data has {expected + 2**20} bytes, its image needs "
+    assert rejections[6][1] == (f"pixel data has {expected + 2**20} bytes, its image needs "
                                 f"{expected}")
     rows = journal_rows(node.data_dir, "SELECT sop_instance_uid, study_uid, path FROM instances "
                                        "JOIN studies USING (study_key)")
