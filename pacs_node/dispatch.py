@@ -91,7 +91,8 @@ def installed_handler(name: str = TASK_NAME) -> Handler | None:
 def run_job(journal: Journal, config: Config, study_key: str, route: str,
             handler: Handler | None, *, attempt: int = 1, attempts: int = 1) -> str | None:
     """Run try `attempt` of `attempts` of one job and record it in the journal (both dispatch
-    paths); returns the job's outcome (done, skipped, failed), None if it had already ended.
+    paths); returns the job's outcome (done, skipped, failed), None if it had already ended
+    or is no longer queued (its study received more before it started).
 
     A job already finished is not run again: a message sent twice (see redispatch) or
     redelivered after a worker died costs nothing; one whose tries died unfinished
@@ -110,7 +111,10 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
             raise TriesLost(f"{lost} tries died with their process before they ended (a "
                             "worker killed or out of memory, the node stopped): not tried "
                             "again")
-        journal.start_job(study_key, route)
+        if not journal.start_job(study_key, route):
+            log.info("study %s: job %s is no longer queued (the study received more)",
+                     study_key, route)
+            return None
         log.info("study %s: job %s started (try %d of %d)", study_key, route, attempt, attempts)
         if handler is None:
             raise LookupError(f"no handler installed for {TASK_NAME} (entry point group "

@@ -196,15 +196,22 @@ class Journal:
         """Record a received instance in the study's receiving version; returns its study key.
 
         A study whose latest version is past receiving is reopened as a new version, so an
-        instance that arrives late is never dropped. The same instance received again in the
-        same version with other bytes (`path` then names them: spool.versions) replaces its
-        row; with the same bytes it is not recorded again (the receiver notes a duplicate).
+        instance that arrives late is never dropped; unless nothing has been done for that
+        version yet (queued, no job started, nothing sent): the late instance supersedes its
+        routing, which is undone, and the version receives again (a sender's resend after a
+        crash completes the partial study it left, rather than follow it). The same instance
+        received again in the same version with other bytes (`path` then names them:
+        spool.versions) replaces its row; with the same bytes it is not recorded again (the
+        receiver notes a duplicate).
         """
         now = time.time()
         with self._tx() as db:
             row = db.execute(
                 "SELECT study_key, version, state FROM studies WHERE study_uid = ? "
                 "ORDER BY version DESC LIMIT 1", (study_uid,)).fetchone()
+            if row is not None and self._unroute_if_untouched(db, row, now):
+                row = db.execute("SELECT study_key, version, state FROM studies "
+                                 "WHERE study_key = ?", (row["study_key"],)).fetchone()
             if row is not None and row["state"] == "receiving":
                 key = str(row["study_key"])
                 db.execute("UPDATE studies SET last_instance_at = ?, updated_at = ? "
@@ -230,6 +237,29 @@ class Journal:
                 (key, sop_instance_uid, series_uid, sop_class_uid, transfer_syntax, str(path),
                  size, now, json.dumps(attrs.to_json())))
         return key
+
+    def _unroute_if_untouched(self, db: sqlite3.Connection, row: sqlite3.Row,
+                              now: float) -> bool:
+        """Undo the routing of a queued version that nothing has been done for: its jobs
+        (a message already sent finds none: start_job) and unsent outbox items go, and it
+        receives again. Whether it did."""
+        key = str(row["study_key"])
+        if row["state"] != "queued":
+            return False
+        touched = db.execute(
+            "SELECT (SELECT count(*) FROM jobs WHERE study_key = ? "
+            "        AND (state != 'queued' OR started_at IS NOT NULL)) + "
+            "       (SELECT count(*) FROM outbox WHERE study_key = ? "
+            "        AND (state != 'pending' OR attempts > 0))", (key, key)).fetchone()[0]
+        if touched:
+            return False
+        db.execute("DELETE FROM jobs WHERE study_key = ?", (key,))
+        db.execute("DELETE FROM outbox WHERE study_key = ?", (key,))
+        db.execute("UPDATE studies SET state = 'receiving', route = NULL, reason = NULL, "
+                   "updated_at = ? WHERE study_key = ?", (now, key))
+        self._event(db, key, "receiving", "an instance arrived before any of its jobs "
+                                          "started: routing undone, receiving again", now)
+        return True
 
     def reject(self, *, calling_ae: str, peer: str, sop_instance_uid: str | None, status: int,
                reason: str) -> None:
@@ -374,12 +404,18 @@ class Journal:
                 running = False
         return lost + running
 
-    def start_job(self, key: str, route: str) -> None:
+    def start_job(self, key: str, route: str) -> bool:
+        """Start a queued job (or one whose try died: redelivered); False if there is no such
+        job: its study received more before it started, and its routing was undone."""
         now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE jobs SET state = 'processing', started_at = ?, error = NULL "
-                       "WHERE study_key = ? AND route = ?", (now, key, route))
+            if not db.execute("UPDATE jobs SET state = 'processing', started_at = ?, "
+                              "error = NULL WHERE study_key = ? AND route = ? "
+                              "AND state IN ('queued', 'processing')",
+                              (now, key, route)).rowcount:
+                return False
             self._set_study_from_jobs(db, key, now, f"job {route} started")
+            return True
 
     def finish_job(self, key: str, route: str, error: str | None = None,
                    skipped: str | None = None) -> None:

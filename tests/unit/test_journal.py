@@ -41,6 +41,43 @@ def test_late_instance_reopens_a_complete_study_as_a_new_version(journal: Journa
     assert len(journal.instances(key)) == 1 and len(journal.instances(key2)) == 1
 
 
+def routed(journal: Journal, sop: str) -> str:
+    """A study of one instance, routed: a job queued (its message sent) and an outbox item."""
+    key = add(journal, sop)
+    journal.set_state(key, "complete", expect=("receiving",))
+    journal.add_job(key, "chest", "cxr")
+    journal.job_dispatched(key, "chest")
+    journal.enqueue(key, "pacs", [Path(f"/s/{sop}")])
+    journal.set_state(key, "queued")
+    return key
+
+
+def test_a_resend_supersedes_a_routing_that_nothing_was_done_for(journal: Journal) -> None:
+    key = routed(journal, "1.2.3.1.1")
+    assert add(journal, "1.2.3.1.2") == key  # the same version receives again
+    study = journal.study(key)
+    assert study is not None and study.state == "receiving" and study.route is None
+    assert not journal.jobs(key) and not journal.outbox(key)
+    assert [i.sop_instance_uid for i in journal.instances(key)] == ["1.2.3.1.1", "1.2.3.1.2"]
+    assert "routing undone" in journal.events(key)[-1]["detail"]
+    assert not journal.start_job(key, "chest")  # its message, when a worker gets it
+
+
+@pytest.mark.parametrize("touch", ["job started", "item sent", "item tried"])
+def test_a_version_something_was_done_for_is_followed_by_a_new_one(journal: Journal,
+                                                                  touch: str) -> None:
+    key = routed(journal, "1.2.3.1.1")
+    item = journal.outbox(key)[0]["id"]
+    if touch == "job started":
+        assert journal.start_job(key, "chest")
+    elif touch == "item sent":
+        journal.sent(item)
+    else:
+        journal.send_failed(item, "refused", retry_at=0.0)
+    assert add(journal, "1.2.3.1.2") == "1.2.3@2"
+    assert journal.jobs(key) and len(journal.instances(key)) == 1
+
+
 def test_study_state_follows_its_jobs(journal: Journal) -> None:
     key = add(journal, "1.2.3.1.1")
     journal.add_job(key, "a", "cxr")
