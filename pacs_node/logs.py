@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import time
-from typing import Any
 
 from umsrep_core.phi import scrub
 
@@ -19,18 +18,18 @@ OURS = ("pacs_node", "workers", "umsrep_core")  # loggers whose messages quote n
 PLAIN = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def scrub_foreign(record: logging.LogRecord) -> bool:
-    """A handler filter: another library's message, formatted and scrubbed."""
+def scrub_record(record: logging.LogRecord) -> bool:
+    """A handler filter: another library's message formatted and scrubbed, and any record's
+    traceback scrubbed (an exception's message may quote a DICOM value), whichever formatter
+    prints it: formatters print the `exc_text` a record carries (Celery's too)."""
     if record.name.split(".")[0] not in OURS:
         record.msg, record.args = scrub(record.getMessage()), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = scrub(_TRACEBACKS.formatException(record.exc_info))
     return True
 
 
-class Formatter(logging.Formatter):
-    """Plain lines, tracebacks scrubbed: an exception's message may quote a DICOM value."""
-
-    def formatException(self, ei: Any) -> str:
-        return scrub(super().formatException(ei))
+_TRACEBACKS = logging.Formatter()
 
 
 class LoopFailures:
@@ -54,7 +53,7 @@ class LoopFailures:
             self._last = None
 
 
-class JsonFormatter(Formatter):
+class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -63,15 +62,15 @@ class JsonFormatter(Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry)
 
 
 def setup(*, as_json: bool = False, debug: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else Formatter(PLAIN))
-    handler.addFilter(scrub_foreign)
+    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(PLAIN))
+    handler.addFilter(scrub_record)
     logging.captureWarnings(True)  # a library's warning quotes values too: through the filter
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,7 +24,7 @@ from celery.signals import after_setup_logger, worker_init, worker_process_init
 from kombu import Queue
 
 from pacs_node.config import PIPELINES, Config
-from pacs_node.logs import scrub_foreign
+from pacs_node.logs import scrub_record
 from pacs_node.yamlconf import load_config
 from workers import metrics
 
@@ -73,11 +73,12 @@ def share_cores(sender: object, **_: object) -> None:
 
 
 def scrub_logs(logger: logging.Logger, **_: object) -> None:
-    """The handlers Celery gives the worker scrub what other libraries log and warn, as the
-    node's do (pacs_node.logs): highdicom warns with the patient's name."""
+    """The handlers Celery gives the worker scrub what other libraries log and warn, and every
+    traceback (a task's retry logs the error it chains), as the node's do (pacs_node.logs):
+    highdicom warns with the patient's name."""
     logging.captureWarnings(True)
     for handler in logger.handlers:
-        handler.addFilter(scrub_foreign)
+        handler.addFilter(scrub_record)
 
 
 def apply_threads(**_: object) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 
 import pytest
+from celery.utils.log import ColorFormatter
 
 from pacs_node import logs
 from umsrep_core.errors import RoutingError
@@ -61,3 +63,21 @@ def test_the_node_log_scrubs_other_libraries_warnings_and_every_traceback(
     assert "Invalid value for VR DA: '…'." in err and "unlikely to represent" in err
     assert "no process rule named 'echo-v2'" in err  # our own line, as written
     assert "ValueError: Unable to convert '…' to 'DA' object" in err
+
+
+def test_a_celery_formatter_prints_the_scrubbed_traceback() -> None:
+    """The worker keeps Celery's handlers and formatters (workers.app.scrub_logs adds the
+    filter): a retried task logs the error its TransientError chains, unscrubbed by itself."""
+    try:
+        try:
+            raise OSError(f"cannot open '{NAME}.dcm'")
+        except OSError as exc:
+            raise RuntimeError(describe(exc)) from exc
+    except RuntimeError:
+        record = logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1,
+                                   "Task %s retry: %s", ("umsrep.process_study", "…"),
+                                   exc_info=sys.exc_info())
+    assert logs.scrub_record(record)
+    line = ColorFormatter(use_color=False).format(record)
+    assert "SMITH" not in line
+    assert "OSError: cannot open '…'" in line and "Task umsrep.process_study retry" in line
