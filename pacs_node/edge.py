@@ -258,14 +258,21 @@ class BoundedServer(ThreadedAssociationServer):
         return True
 
     def shutdown(self) -> None:
-        """Stop accepting, close every connection, and wait a little for their threads."""
+        """Stop accepting and close every connection; wait a little for the associations to
+        end (a C-STORE being stored finishes). A connection with no association yet ends
+        its DUL thread at once: pynetdicom's would wait out the request timeout, and it keeps
+        the process alive."""
         BaseServer.shutdown(self)
         with self._lock:
             connections = list(self._connections.values())
+        associated = [c for c in connections if not c.pending]
         for connection in connections:
+            unknown = connection.pending
             connection.close()
+            if unknown and connection.assoc is not None:
+                connection.assoc.dul.kill_dul()
         deadline = time.monotonic() + STOP_JOIN_S
-        for connection in connections:
+        for connection in associated:
             if connection.thread is not None:
                 connection.thread.join(max(0.0, deadline - time.monotonic()))
         self.server_close()

@@ -1,5 +1,5 @@
 """Shared fixtures: free ports, sample studies, the node as a subprocess, dcmtk's storescu,
-the real-data folder, and conformance checks (dciodvfy, DS/IS lengths)."""
+the real-data folder, conformance checks (dciodvfy, DS/IS lengths), and the fault table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,3 +181,30 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> 
             return value
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout} s")
+
+
+# --- the fault table (README: Reliability) -------------------------------------------------
+
+FAULT_ROWS: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture
+def fault_table() -> Callable[..., None]:
+    """fault_table(fault, outcome, **figures): a row of the table of faults that the run prints
+    at its end: what was done to the node, what it did, the figures measured. Called at the
+    end of a test, after its checks, so that only what held is printed."""
+    def row(fault: str, outcome: str, **figures: object) -> None:
+        FAULT_ROWS.append((fault, outcome, "; ".join(
+            f"{name.replace('_', ' ')} {value}" for name, value in figures.items())))
+
+    return row
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAULT_ROWS:
+        return
+    terminalreporter.section("faults: what the node did (README, Reliability)")
+    terminalreporter.write_line("| fault | what the node did | measured |")
+    terminalreporter.write_line("|---|---|---|")
+    for fault, outcome, figures in FAULT_ROWS:
+        terminalreporter.write_line(f"| {fault} | {outcome} | {figures} |")

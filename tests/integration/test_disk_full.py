@@ -5,6 +5,7 @@ the log says so once, and the node stores again as soon as there is room."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_dataset_larger_than_the_free_space(serve: Any, study_files: Any,
-                                              small_disk: Path) -> None:
+                                              small_disk: Path, fault_table: Any) -> None:
     # min_free_disk_mb 0: the disk's own end is the limit
     node = serve(node_config(small_disk / "data", 0), data_dir=small_disk / "data")
     big = study_files("cr", seed=1, rows=4096, columns=2048)[0]  # 16 MB
@@ -54,11 +55,13 @@ def test_a_dataset_larger_than_the_free_space(serve: Any, study_files: Any,
     finally:
         assoc.release()
     filler.unlink()  # room again: the big one is stored
+    freed = time.monotonic()
     assoc = ae.associate("127.0.0.1", node.port, ae_title="UMSREP")
     try:
         assert assoc.send_c_store(big).Status == 0x0000
     finally:
         assoc.release()
+    recovered = time.monotonic() - freed
 
     assert node.log().count("receiving a dataset stopped") == 1
     assert "Traceback" not in node.log()
@@ -66,3 +69,7 @@ def test_a_dataset_larger_than_the_free_space(serve: Any, study_files: Any,
     assert [status for status, _ in rejections] == [0xA700]
     assert rejections[0][1].startswith("disk full")
     assert len(journal_rows(node.data_dir, "SELECT * FROM instances")) == 2
+    fault_table(f"a 16 MB dataset with about 10 MB free ({DISK_MB} MB tmpfs)", "Out of "
+                "Resources (A700) in its association, the partial file deleted at once, one "
+                "log line; the association and the node go on", partial_files_left=0,
+                stored_again_after_room_returned=f"{recovered:.2f} s")

@@ -119,8 +119,8 @@ def edge_node(serve: Any, tmp_path: Path, **node: Any) -> Any:
     return serve(config)
 
 
-def test_silent_and_half_sent_requests_take_no_slot_and_are_closed(serve: Any,
-                                                                   tmp_path: Path) -> None:
+def test_silent_and_half_sent_requests_take_no_slot_and_are_closed(
+        serve: Any, tmp_path: Path, fault_table: Any) -> None:
     node = edge_node(serve, tmp_path, max_associations=2, max_pending_connections=4)
     # A header declaring 1000 bytes, then 2 of them: pynetdicom alone reads on for ever.
     half_sent = pdu_header(0x01, 1000) + b"\x00\x01"
@@ -128,16 +128,23 @@ def test_silent_and_half_sent_requests_take_no_slot_and_are_closed(serve: Any,
         opened = time.monotonic()
         # Six unknown connections, two slots: a caller still gets in, at once.
         assert echoscu(node.port).returncode == 0
+        admitted = time.monotonic() - opened
         for sock in silent + half:
             assert closed_by_peer(sock, within=max(0.1, opened + 4 - time.monotonic()))
+        closed = time.monotonic() - opened
     log = node.log()
     assert "the association request did not arrive whole in time" in log
     assert "connections have no association yet" in log  # the seventh closed the oldest
     assert node.proc.poll() is None
+    fault_table("3 silent connections and 3 half-sent A-ASSOCIATE-RQs (2 association slots, "
+                "request timeout 2 s)", "slots only for known callers; each closed at its "
+                "request timeout, the oldest at once when one more came",
+                connections_held=6, caller_admitted_after=f"{admitted:.2f} s",
+                all_closed_after=f"{closed:.1f} s")
 
 
 def test_pdus_declared_over_the_limit_are_refused_before_they_are_read(
-        serve: Any, tmp_path: Path) -> None:
+        serve: Any, tmp_path: Path, fault_table: Any) -> None:
     node = edge_node(serve, tmp_path, max_pdu=65536)
     before = rss_kb(node.proc.pid)
     # Before association: a request declaring 4 GiB.
@@ -153,13 +160,18 @@ def test_pdus_declared_over_the_limit_are_refused_before_they_are_read(
                 sock.sendall(chunk)
                 sent += len(chunk)
         assert sent < 64 << 20
-    assert rss_kb(node.proc.pid) - before < 32 << 10  # KB: nothing of it was held in memory
+    grown_kb = rss_kb(node.proc.pid) - before
+    assert grown_kb < 32 << 10  # nothing of it was held in memory
     assert node.log().count("bytes, over the") == 2
     assert echoscu(node.port).returncode == 0
+    fault_table("a request declaring 4 GiB; a P-DATA PDU declaring 128 MB against 64 KiB "
+                "negotiated, then streamed", "both refused from the header (A-ABORT), "
+                "nothing read", peer_sent_before_the_close=f"{sent >> 20} MB",
+                node_memory_growth=f"{grown_kb >> 10} MB")
 
 
 def test_known_callers_get_the_slots_and_the_rest_are_told_to_come_back(
-        serve: Any, tmp_path: Path) -> None:
+        serve: Any, tmp_path: Path, fault_table: Any) -> None:
     node = edge_node(serve, tmp_path, max_associations=1)
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context(Verification)
@@ -175,9 +187,13 @@ def test_known_callers_get_the_slots_and_the_rest_are_told_to_come_back(
         holder.release()
     assert wait_until(lambda: echoscu(node.port).returncode == 0, timeout=10)
     assert "associations are open, the most allowed" in node.log()
+    fault_table("a second caller while max_associations (1) are open", "rejected for now "
+                "(transient, local limit exceeded); admitted once the first released",
+                rejection="2/3/2")
 
 
-def test_tls_handshakes_run_beside_each_other(serve: Any, pki: Path, tmp_path: Path) -> None:
+def test_tls_handshakes_run_beside_each_other(serve: Any, pki: Path, tmp_path: Path,
+                                              fault_table: Any) -> None:
     server = {"cert": str(pki / "server.pem"), "key": str(pki / "server.key"),
               "ca": str(pki / "ca.pem")}
     node = edge_node(serve, tmp_path, tls=server)
@@ -188,7 +204,8 @@ def test_tls_handshakes_run_beside_each_other(serve: Any, pki: Path, tmp_path: P
         started = time.monotonic()
         assert echo("127.0.0.1", node.port, called_ae="UMSREP", calling_ae="TLSSCU",
                     tls=client, timeout=5) == 0
-        assert time.monotonic() - started < 2  # not after the silent one's timeout
+        echoed = time.monotonic() - started
+        assert echoed < 2  # not after the silent one's timeout
         assert closed_by_peer(plain, within=3)
         assert closed_by_peer(silent, within=4)
     context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
@@ -200,10 +217,14 @@ def test_tls_handshakes_run_beside_each_other(serve: Any, pki: Path, tmp_path: P
         tls.recv(1)
     # Each failed handshake is logged: no TLS, no certificate, nothing at all.
     assert wait_until(lambda: node.log().count("TLS handshake failed") >= 3, timeout=5)
+    fault_table("TLS port: a silent TCP connection, plain bytes, a client without a "
+                "certificate", "handshakes in each connection's thread, within the request "
+                "timeout; each failure logged", tls_echo_beside_them=f"{echoed:.2f} s",
+                failed_handshakes_logged="3 of 3")
 
 
 def test_sigterm_stops_the_node_within_seconds_whatever_peers_hold(
-        serve: Any, tmp_path: Path) -> None:
+        serve: Any, tmp_path: Path, fault_table: Any) -> None:
     node = edge_node(serve, tmp_path, request_timeout_s=60, network_timeout_s=600)
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context(Verification)
@@ -217,22 +238,32 @@ def test_sigterm_stops_the_node_within_seconds_whatever_peers_hold(
         started = time.monotonic()
         node.proc.terminate()
         node.proc.wait(timeout=15)
-        assert time.monotonic() - started < 8
+        stopped = time.monotonic() - started
+        assert stopped < 8
     assert holder.is_aborted or wait_until(lambda: holder.is_aborted, timeout=5)
+    fault_table("SIGTERM while peers hold an idle association, 2 half-sent requests and a "
+                "half-sent P-DATA (timeouts 60 s / 600 s)", "every connection closed, "
+                "stopped", stopped_after=f"{stopped:.1f} s")
 
 
 def test_transfers_cut_off_leave_no_partial_file(serve: Any, study_files: Any,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, fault_table: Any) -> None:
     node = edge_node(serve, tmp_path)
     incoming = node.data_dir / "spool" / ".incoming"
     pdus = c_store_pdus(study_files("cr", rows=1024, columns=1024)[0])
+    slowest = 0.0
     for cut in (2, len(pdus) // 2, len(pdus) - 1):  # the sender dies part-way, three times
         with connections(node.port, 1, associate_rq(ComputedRadiographyImageStorage)) as (sock,):
             assert sock.recv(1)[0] == 0x02
             for pdu in pdus[:cut]:
                 sock.sendall(pdu)
             assert wait_until(lambda: any(incoming.iterdir()), timeout=5)
+        cut_at = time.monotonic()
         # The node deletes the partial dataset when the connection ends, not at its restart.
         assert wait_until(lambda: not any(incoming.iterdir()), timeout=5)
+        slowest = max(slowest, time.monotonic() - cut_at)
     assert node.log().count("1 partial datasets deleted") == 3
     assert not list((node.data_dir / "spool").rglob("*.dcm"))
+    fault_table("a sender's connection cut mid-dataset, 3 times", "each partial dataset "
+                "deleted as its connection closed", partial_files_left=0,
+                deleted_within=f"{slowest:.2f} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -131,7 +132,8 @@ def test_the_images_of_a_study_go_through_the_encoder_in_batches(node: Node,
 
 
 def test_a_patient_value_its_vr_does_not_allow_neither_fails_the_job_nor_shows(
-        node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        fault_table: Any) -> None:
     """A birth date written ISO style failed the chest job, and the date was in the reason
     (`umsrep studies --json`), the journal and the logs; now the outputs leave it empty."""
     cr = samples.cr_dataset(9, rows=320, columns=280)
@@ -152,3 +154,5 @@ def test_a_patient_value_its_vr_does_not_allow_neither_fails_the_job_nor_shows(
     assert study.study_key in listed and "1970" not in listed
     events = node.journal.events(study.study_key)
     assert events and not any("1970" in str(e.get("detail") or "") for e in events)
+    fault_table("a chest CR whose PatientBirthDate is 1970-01-01 (no DA)", "job done, the "
+                "outputs leave the date empty", value_in_outputs_journal_or_listing=0)

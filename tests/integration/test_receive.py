@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
-from tests.conftest import ECHOSCU, node_config, storescu, wait_until
+from tests.conftest import ECHOSCU, STORESCU, node_config, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_storescu_study_is_stored_byte_for_byte(serve: Any, study_files: Any) ->
 
 
 def test_unknown_calling_ae_and_host_are_rejected(serve: Any, study_files: Any,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, fault_table: Any) -> None:
     port = 0
     config = node_config(tmp_path / "data", port,
                          node={"callers": [{"ae_title": "PACS1", "host": "127.0.0.1"}]})
@@ -86,10 +86,13 @@ def test_unknown_calling_ae_and_host_are_rejected(serve: Any, study_files: Any,
     assert accepted.returncode == 0, accepted.stderr
     assert len(journal_rows(node.data_dir, "SELECT * FROM instances")) == 1
     assert "association rejected: calling AE 'INTRUDER'" in node.log()
+    fault_table("a calling AE title not on the list; a called AE title not ours", "rejected "
+                "(A-ASSOCIATE-RJ, permanent), logged", stored_from_them=0)
 
 
 def test_bad_datasets_get_failure_statuses_and_journal_entries(
-        serve: Any, study_files: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        serve: Any, study_files: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        fault_table: Any) -> None:
     node = serve()
     good = study_files("cr", count=1)[0]
     ds = pydicom.dcmread(good)
@@ -160,6 +163,12 @@ def test_bad_datasets_get_failure_statuses_and_journal_entries(
         assert (stored.name == f"{sop_uid}.dcm") == ("/" not in sop_uid)
         assert (stored.parent.parent.name == study_uid) == ("/" not in study_uid)
     assert not list(tmp_path.rglob("escape*")) and not list(tmp_path.rglob("etc/*.dcm"))
+    fault_table("a truncated dataset, no SOP Instance UID, UIDs with ../ or control "
+                "characters, an 86-character UID, a SOP class that is no storage, "
+                "NumberOfFrames -1, pixel data 1 MB longer than its image", "each refused "
+                "with its status and reason in the journal (the ../ UIDs stored under hashed "
+                "names), the association going on", statuses=" ".join(
+                    f"{r[0]:04X}" for r in rejections), files_escaping_the_spool=0)
 
 
 def test_limits_disk_mark_and_image_size(serve: Any, study_files: Any, tmp_path: Path) -> None:
@@ -179,7 +188,7 @@ def test_limits_disk_mark_and_image_size(serve: Any, study_files: Any, tmp_path:
 
 
 def test_kill_mid_association_then_resend_stores_each_instance_once(
-        serve: Any, study_files: Any, tmp_path: Path) -> None:
+        serve: Any, study_files: Any, tmp_path: Path, fault_table: Any) -> None:
     config = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 60})
     node = serve(config)
     files = study_files("cr", count=50, rows=512, columns=512)
@@ -206,6 +215,30 @@ def test_kill_mid_association_then_resend_stores_each_instance_once(
     assert sorted(Path(r[1]) for r in rows) == [p for p in spooled if p.is_file()]
     for _, path, _ in rows:
         pydicom.dcmread(path)  # every stored file is whole
+    fault_table("SIGKILL of the node mid-association (50 instances), then the sender "
+                "resends all", "what had Success kept, the rest stored on the resend, in "
+                "the same study version", stored_before_the_kill=stored_before,
+                stored_exactly_once="50 of 50")
+
+
+def test_concurrent_senders_each_instance_stored_once(serve: Any, study_files: Any,
+                                                      fault_table: Any) -> None:
+    node = serve()
+    batches = [study_files("cr", count=50, seed=seed, rows=64, columns=64)
+               for seed in range(8)]
+    senders = [subprocess.Popen([STORESCU, "-aet", f"SENDER{n}", "-aec", "UMSREP",
+                                 "127.0.0.1", str(node.port), *map(str, files)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for n, files in enumerate(batches)]
+    assert [p.wait(timeout=120) for p in senders] == [0] * 8
+    rows = journal_rows(node.data_dir, "SELECT sop_instance_uid, path FROM instances")
+    sent = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f
+            for files in batches for f in files}
+    assert sorted(r[0] for r in rows) == sorted(sent)  # 400, each once
+    assert all(dataset_bytes(Path(p)) == dataset_bytes(sent[uid]) for uid, p in rows)
+    fault_table("8 senders at once, 50 instances each", "each instance stored once, "
+                "byte for byte", stored_exactly_once=f"{len(rows)} of {len(sent)}",
+                bytes_lost=0)
 
 
 def test_single_cr_completes_on_release_and_late_instance_reopens(

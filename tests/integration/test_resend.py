@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -15,7 +16,7 @@ from pacs_node import samples
 from pacs_node.node import Node
 from pacs_node.studies_cmd import study_report
 from tests.conftest import storescu, wait_until
-from tests.integration.conftest import settled
+from tests.integration.conftest import dataset_bytes, settled
 from tests.integration.test_dispatch import make_node
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ def counted(name: str) -> float:
 
 
 def test_a_resend_is_stored_once_and_other_bytes_never_overwrite_the_first(
-        node: Node, tmp_path: Path) -> None:
+        node: Node, tmp_path: Path, fault_table: Any) -> None:
     cr = samples.cr_dataset(3, rows=64, columns=64)
     first = samples.write(cr, tmp_path / "first.dcm")
     assert storescu(node.port, [first]).returncode == 0
@@ -60,3 +61,8 @@ def test_a_resend_is_stored_once_and_other_bytes_never_overwrite_the_first(
     assert [(r["duplicates"], r["conflicts"]) for r in reports] == [(1, 0), (0, 1)]
     assert {k: counted(f"umsrep_instances_{k}_total") - v for k, v in before.items()} == {
         "duplicate": 1, "conflicting": 1}
+    assert dataset_bytes(Path(kept.path)) == dataset_bytes(first)  # @1 lost no byte
+    fault_table("an instance sent again: the same bytes, then other bytes under its UIDs "
+                "after the study completed", "a duplicate acknowledged and counted; the other "
+                "bytes kept beside the first as a conflict (@2)", bytes_lost=0,
+                versions=2)

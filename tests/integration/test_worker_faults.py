@@ -247,7 +247,7 @@ def test_undecodable_pixels_fail_once_and_the_worker_metrics_count_each_outcome(
 
 @pytest.mark.slow
 def test_a_killed_worker_child_gives_the_task_back_and_the_study_is_done_once(
-        site: Site, worker: Any, tmp_path: Path) -> None:
+        site: Site, worker: Any, tmp_path: Path, fault_table: Any) -> None:
     node, journal = site.node, site.journal
     proc = worker(node.config_path)
     wait_until(lambda: children(proc.pid), timeout=60)  # the pool's one child
@@ -268,6 +268,9 @@ def test_a_killed_worker_child_gives_the_task_back_and_the_study_is_done_once(
     assert len(journal.outbox(key)) == 8  # SEG and SR of 4 images: one set
     wait_until(lambda: len(outputs(node.data_dir)) == 8)  # delivered by the node
     assert proc.poll() is None  # the worker itself lives on
+    fault_table("SIGKILL of the Celery child running a study", "the task given back and "
+                "run again; the study done once", processed_exactly_once="1 of 1",
+                outputs_delivered="8 of 8")
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,8 @@ def routed(journal: Journal, sop: str) -> str:
     return key
 
 
-def test_a_resend_supersedes_a_routing_that_nothing_was_done_for(journal: Journal) -> None:
+def test_a_resend_supersedes_a_routing_that_nothing_was_done_for(journal: Journal,
+                                                                 fault_table: Any) -> None:
     key = routed(journal, "1.2.3.1.1")
     assert add(journal, "1.2.3.1.2") == key  # the same version receives again
     study = journal.study(key)
@@ -61,6 +63,10 @@ def test_a_resend_supersedes_a_routing_that_nothing_was_done_for(journal: Journa
     assert [i.sop_instance_uid for i in journal.instances(key)] == ["1.2.3.1.1", "1.2.3.1.2"]
     assert "routing undone" in journal.events(key)[-1]["detail"]
     assert not journal.start_job(key, "chest")  # its message, when a worker gets it
+    fault_table("after a crash, the resend arrives once the partial study was routed, before "
+                "its job started", "its routing undone (jobs, unsent outbox items): the same "
+                "version receives the rest; its message, already sent, starts nothing",
+                versions=1)
 
 
 @pytest.mark.parametrize("touch", ["job started", "item sent", "item tried"])
