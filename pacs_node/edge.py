@@ -29,6 +29,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from socketserver import BaseServer
 from typing import Any, cast
@@ -46,7 +47,7 @@ CONTROL_PDU_MAX = 1 << 20  # association, release and abort PDUs: a few KB in pr
 UNLIMITED_PDU_MAX = 1 << 26  # P-DATA when max_pdu is 0 ("no limit" as negotiated)
 ABORT_INVALID_PARAMETER = bytes.fromhex("07000000000400000206")  # A-ABORT, provider, reason 6
 READ_CHUNK = 1 << 16
-STOP_JOIN_S = 5.0  # how long a stop waits for each connection's thread once it is closed
+STOP_JOIN_S = 5.0  # how long a stop waits, in all, for the associations to end
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class BoundedSocket(AssociationSocket):
     peer: str
     opened: float
     associated: bool
+    ended: bool  # the peer closed it, or the node did
     _deadline: float
     _body_due: bool
 
@@ -83,7 +85,7 @@ class BoundedSocket(AssociationSocket):
         sock.__class__ = cls
         bounded = cast(BoundedSocket, sock)
         bounded.limits, bounded.peer = limits, peer
-        bounded.opened, bounded.associated = opened, False
+        bounded.opened, bounded.associated, bounded.ended = opened, False, False
         bounded._deadline, bounded._body_due = 0.0, False
         if bounded.socket is not None:
             bounded.socket.settimeout(limits.network_timeout)  # bounds every send
@@ -127,8 +129,10 @@ class BoundedSocket(AssociationSocket):
                 self._give_up("timeout", f"{phase} did not arrive whole in time")
                 break
             except (OSError, ValueError):  # reset, or closed by a stop
+                self.ended = True
                 break
             if not chunk:
+                self.ended = True
                 break
             data += chunk
         if self.socket is not None:
@@ -136,6 +140,7 @@ class BoundedSocket(AssociationSocket):
         return data
 
     def _give_up(self, reason: str, why: str, farewell: bytes = b"") -> None:
+        self.ended = True
         metrics.CONNECTIONS_CLOSED.labels(reason).inc()
         log.warning("connection from %s closed: %s", self.peer, why)
         sock = self.socket
@@ -151,11 +156,12 @@ class BoundedRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         """The association runs in its own thread (pynetdicom's); this connection's thread
-        waits for it, so that the server knows when a connection is over."""
+        waits for it, so that the server knows when a connection is over, and says so."""
         super().handle()
-        connection = self.server.connection(self.request)
-        if connection.assoc is not None:
-            connection.assoc.join()
+        assoc = self.server.connection(self.request).assoc
+        if assoc is not None:
+            assoc.join()
+            self.server.on_end(assoc)
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
@@ -179,11 +185,14 @@ class Connection:
 
     @property
     def pending(self) -> bool:
-        """Open, with no association yet: its caller is not known."""
+        """Open, with no association yet: its caller is not known. (pynetdicom may keep a
+        connection's threads a while after it ended: those are not counted.)"""
         if self.closed:
             return False
-        return self.socket is None or not (self.socket.associated
-                                           or cast(Association, self.assoc).is_established)
+        if self.socket is None:
+            return True
+        return not (self.socket.ended or self.socket.associated
+                    or cast(Association, self.assoc).is_established)
 
     def close(self) -> None:
         self.closed = True
@@ -192,15 +201,16 @@ class Connection:
 
 
 class BoundedServer(ThreadedAssociationServer):
-    """Made by `AE.make_server(..., server_class=BoundedServer, limits=...)`."""
+    """Made by `AE.make_server(..., server_class=BoundedServer, limits=..., on_end=...)`."""
 
     daemon_threads = True  # joined by `shutdown`, with a deadline
     block_on_close = False
 
     def __init__(self, ae: Any, address: Any, ae_title: str, contexts: Any,
                  ssl_context: ssl.SSLContext | None = None, *, evt_handlers: Any = None,
-                 limits: Limits) -> None:
+                 limits: Limits, on_end: Callable[[Association], None]) -> None:
         self.limits = limits
+        self.on_end = on_end  # each association's, once its thread has ended
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()
         super().__init__(ae, address, ae_title, contexts, ssl_context,

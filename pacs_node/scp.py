@@ -216,7 +216,6 @@ class Receiver:
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_released),
-            (evt.EVT_CONN_CLOSE, self.on_closed),
         ]
 
     def on_requested(self, event: Event) -> None:
@@ -261,13 +260,16 @@ class Receiver:
         if entry is not None and entry.studies:
             self.on_release(set(entry.studies))
 
-    def on_closed(self, event: Event) -> None:
-        partial = self.incoming.discard(event.assoc.dul)  # datasets it never finished
+    def on_ended(self, assoc: Association) -> None:
+        """Its connection is over, however it ended (the edge calls it: pynetdicom sends no
+        EVT_CONN_CLOSE when a message it cannot decode kills its reader): the slot is free
+        and what the association left half-received is deleted."""
+        partial = self.incoming.discard(assoc.dul)  # datasets it never finished
         with self._lock:
-            entry = self._assocs.pop(id(event.assoc), None)
+            entry = self._assocs.pop(id(assoc), None)
         if entry is None:
             return
-        outcome = "released" if event.assoc.is_released else "aborted"
+        outcome = "released" if assoc.is_released else "aborted"
         metrics.ASSOCIATIONS.labels(outcome).inc()
         log.info("association %s: calling AE %r from %s, %d stored, %d failed, %d studies, "
                  "%d partial datasets deleted, %.2f s", outcome, entry.calling_ae, entry.peer,
@@ -404,6 +406,6 @@ def start_server(config: Config, receiver: Receiver) -> BoundedServer:
     server = ae.make_server(
         (node.bind, node.port), evt_handlers=receiver.handlers(),
         ssl_context=server_tls_context(node.tls) if node.tls is not None else None,
-        server_class=BoundedServer, limits=limits)
+        server_class=BoundedServer, limits=limits, on_end=receiver.on_ended)
     threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
     return cast(BoundedServer, server)

@@ -35,6 +35,7 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 from pacs_node.config import TLS
 from pacs_node.sender import echo
 from tests.conftest import ECHOSCU, node_config, wait_until
+from tests.integration.test_fuzz import command_set, p_data, store_rq
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +268,30 @@ def test_transfers_cut_off_leave_no_partial_file(serve: Any, study_files: Any,
     fault_table("a sender's connection cut mid-dataset, 3 times", "each partial dataset "
                 "deleted as its connection closed", partial_files_left=0,
                 deleted_within=f"{slowest:.2f} s")
+
+
+def test_a_message_pynetdicom_cannot_decode_gives_its_slot_back(serve: Any, tmp_path: Path,
+                                                                 fault_table: Any) -> None:
+    """pynetdicom's reader dies on it without a connection-closed event: the slot was never
+    given back, and 16 such requests stopped the node (found by test_fuzz)."""
+    node = edge_node(serve, tmp_path, max_associations=2)
+    undecodable = p_data([(1, 3, command_set(store_rq("")))])  # AffectedSOPInstanceUID empty
+    for _ in range(6):
+        with connections(node.port, 1, associate_rq(ComputedRadiographyImageStorage)) as (sock,):
+            assert sock.recv(1)[0] == 0x02
+            sock.sendall(undecodable)
+            assert closed_by_peer(sock, within=3)
+    ae = AE(ae_title="AFTER")
+    ae.add_requested_context(Verification)
+    assocs = [ae.associate("127.0.0.1", node.port, ae_title="UMSREP") for _ in range(2)]
+    try:
+        free = sum(a.is_established for a in assocs)
+    finally:
+        for assoc in assocs:
+            if assoc.is_established:
+                assoc.release()
+    assert free == 2
+    assert not any((node.data_dir / "spool" / ".incoming").iterdir())
+    fault_table("6 C-STOREs whose command pynetdicom cannot decode (an empty UID), 2 slots",
+                "each association ended, its slot given back", slots_free="2 of 2",
+                partial_files_left=0)
