@@ -9,15 +9,19 @@ pynetdicom 3.0 (as of 3.0.4) trusts the peer at the transport level:
 - a TLS server socket handshakes inside the accept loop (`get_request`), so one silent TCP
   connection stops every other caller (no upstream issue; fo-dicom#1766 is the same defect);
 - every connection counts against `maximum_associations` from the moment it is accepted, before
-  its caller is known.
+  its caller is known;
+- a message its reader cannot decode (an empty UID in a C-STORE command) ends the reader's
+  thread with no EVT_CONN_CLOSE, so handlers never learn that the connection is over (no
+  upstream issue found).
 
 Here, as subclasses: `BoundedSocket` reads each PDU against a deadline (the request timeout,
 ARTIM, until the association is established; the network timeout per PDU after), refuses a
 PDU whose declared length is over the limit before reading it, and writes with the network
 timeout. `BoundedServer` handshakes TLS in the connection's own thread within the request
 timeout, keeps at most `max_pending` connections that have no association yet (the oldest is
-closed for a new one), leaves the association limit to the caller check (`scp.Receiver`), and
-on shutdown closes every connection so that the node stops within seconds.
+closed for a new one), leaves the association limit to the caller check (`scp.Receiver`),
+calls `on_end` for each association once its thread is over, however it ended, and on
+shutdown closes every connection so that the node stops within seconds.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class Rejected(Exception):
 
 @dataclass
 class AssociationLog:
+    assoc: Association
     calling_ae: str
     peer: str
     started: float = field(default_factory=time.monotonic)
@@ -235,9 +236,12 @@ class Receiver:
                          "not ours", called, calling, peer)
             return
         with self._lock:  # a slot only for a known caller (the edge bounds the others)
-            admitted = len(self._assocs) < node.max_associations
+            # Released or aborted: the slot is free, though its threads may still be ending.
+            taken = sum(not (e.assoc.is_released or e.assoc.is_aborted)
+                        for e in self._assocs.values())
+            admitted = taken < node.max_associations
             if admitted:
-                self._assocs[id(assoc)] = AssociationLog(calling, peer)
+                self._assocs[id(assoc)] = AssociationLog(assoc, calling, peer)
         if not admitted:
             self._reject(assoc, RJ_LIMIT, "limit", "%d associations are open, the most "
                          "allowed (%r from %s)", node.max_associations, calling, peer)
