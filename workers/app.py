@@ -28,9 +28,14 @@ from pacs_node.logs import scrub_record
 from pacs_node.yamlconf import load_config
 from workers import metrics
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 # Redis re-delivers a task not acknowledged within this time: above the longest study.
 VISIBILITY_TIMEOUT_S = 4 * 3600
+# Task results (with a result backend: what Flower and `celery result` show) are kept a day:
+# the journal is the record that lasts.
+RESULT_EXPIRES_S = 24 * 3600
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,19 +62,21 @@ def make_app() -> Celery:
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        result_expires=RESULT_EXPIRES_S,
     )
     return celery
 
 
 def share_cores(sender: object, **_: object) -> None:
-    """Give each pool process cores / processes torch threads, unless OMP_NUM_THREADS says:
-    torch's default (every core, in every process) oversubscribes the cores, and a busy
-    OpenMP thread that spins waiting for a core slows inference tenfold (bench/throughput.py).
-    Set in the main process (`worker_init`), inherited by the children it forks."""
+    """Give each pool process its share of the cores this worker may use (its CPU affinity)
+    as torch threads, unless OMP_NUM_THREADS says: torch's default (every core, in every
+    process) oversubscribes the cores, and a busy OpenMP thread that spins waiting for a core
+    slows inference tenfold (bench/throughput.py). Set in the main process (`worker_init`),
+    inherited by the children it forks."""
+    cores = len(os.sched_getaffinity(0))
     concurrency = getattr(sender, "concurrency", None)
-    processes = concurrency if isinstance(concurrency, int) and concurrency > 0 else \
-        (os.cpu_count() or 1)  # "auto" is resolved later: one per core
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    processes = concurrency if isinstance(concurrency, int) and concurrency > 0 else cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
 
 
 def scrub_logs(logger: logging.Logger, **_: object) -> None:
@@ -81,16 +88,27 @@ def scrub_logs(logger: logging.Logger, **_: object) -> None:
         handler.addFilter(scrub_record)
 
 
-def apply_threads(**_: object) -> None:
-    """In each pool process: torch may have been imported before the variable was set."""
+def take_device(**_: object) -> None:
+    """In each pool process: torch's threads (torch may have been imported before the variable
+    was set), and the device, said in the log. A worker takes the first GPU it sees: one
+    worker per GPU, pinned by CUDA_VISIBLE_DEVICES (deploy/systemd); with several visible,
+    every pool process would share the first, and the log says so."""
     import torch  # noqa: PLC0415 - only worker processes, not Flower, load torch
 
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    torch.set_num_threads(threads)
+    device = "cpu"
+    if torch.cuda.is_available():
+        device = f"cuda:0 ({torch.cuda.get_device_name(0)})"
+        if torch.cuda.device_count() > 1:
+            log.warning("%d GPUs visible: this worker uses the first only; start one worker "
+                        "per GPU with CUDA_VISIBLE_DEVICES", torch.cuda.device_count())
+    log.info("worker process %d: torch on %s, %d threads", os.getpid(), device, threads)
 
 
 app = make_app()
 # In the worker's main process, before its pool forks (signals of the worker, not the app).
 worker_init.connect(metrics.serve)
 worker_init.connect(share_cores)
-worker_process_init.connect(apply_threads)
+worker_process_init.connect(take_device)
 after_setup_logger.connect(scrub_logs)

@@ -5,7 +5,9 @@ The journal records its start and outcome exactly as in the node's embedded pool
 A transient error (`pacs_node.dispatch.is_transient`: journal locked, disk full, broker
 away...) comes back as TransientError, which Celery retries with exponential backoff and full
 jitter (a delay drawn from 0 to 5, 10, 20... s, at most 10 min) up to MAX_RETRIES times; the
-last try records the failure. Permanent errors fail the job on their first try.
+last try records the failure. Permanent errors fail the job on their first try. A failed job
+is a failed task (JobFailed, with the journal's reason): Celery and Flower show FAILURE, not a
+SUCCESS whose result reads 'failed'.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from pacs_node.dispatch import TASK_NAME, run_job
 from pacs_node.journal import Journal, journal_path
-from umsrep_core.errors import TransientError
+from umsrep_core.errors import TransientError, UmsrepError
 from workers import metrics
 from workers.app import app, settings
 from workers.pipeline import process_study as pipeline
@@ -25,11 +27,17 @@ RETRY_BACKOFF_S = 5
 RETRY_BACKOFF_MAX_S = 600
 
 
+class JobFailed(UmsrepError):
+    """The job ended failed; its reason is in the journal, and here."""
+
+
+# throws: an expected failure, logged as one line without a traceback (the journal has it).
 @app.task(bind=True, name=TASK_NAME, autoretry_for=(TransientError,), max_retries=MAX_RETRIES,
           retry_backoff=RETRY_BACKOFF_S, retry_backoff_max=RETRY_BACKOFF_MAX_S,
-          retry_jitter=True)
+          retry_jitter=True, throws=(JobFailed,))
 def process_study(self: Any, study_key: str, route: str) -> str | None:
-    """Returns the job's outcome (done, skipped, failed; None if it had already ended)."""
+    """Returns the job's outcome (done, skipped; None if it had already ended); raises
+    JobFailed when it failed."""
     config = settings()
     journal = Journal(journal_path(config.node.data_dir))
     began = time.time()
@@ -39,6 +47,9 @@ def process_study(self: Any, study_key: str, route: str) -> str | None:
                           attempt=self.request.retries + 1, attempts=self.max_retries + 1)
         if outcome is not None:
             metrics.record(journal, study_key, queue, outcome, since=began)
+        if outcome == "failed":
+            reason = next(j["error"] for j in journal.jobs(study_key) if j["route"] == route)
+            raise JobFailed(f"study {study_key}: job {route} failed: {reason}")
         return outcome
     except TransientError:
         metrics.record(journal, study_key, queue, "retried", since=began)

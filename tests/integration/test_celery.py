@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def worker(tmp_path: Path) -> Iterator[Any]:
               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """`celery -A workers.app COMMAND...`; a worker on the cxr queue by default (prefork,
         one child process), its log in tmp_path/worker.log."""
-        command = command or ("worker", "-Q", "cxr", "-c", "1", "-n", f"test-{os.getpid()}@%h")
+        command = command or ("worker", "-Q", "cxr", "-c", "1", "-l", "INFO",
+                              "-n", f"test-{os.getpid()}@%h")
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", *command],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{command[0]}.log", "w"),  # noqa: SIM115
@@ -96,6 +98,10 @@ def test_celery_worker_processes_the_study_like_the_embedded_pool(
     assert set(listed[0]["stages"]) == {"load", "preprocess", "inference", "postprocess",
                                         "writing"}  # the worker's stage timings
     assert "INFER s" in node.umsrep("studies", "--data-dir", str(node.data_dir)).stdout
+    # Its one pool process took every core the worker may use, and said so.
+    threads = len(os.sched_getaffinity(0))
+    assert re.search(rf"worker process \d+: torch on cpu, {threads} threads",
+                     (tmp_path / "worker.log").read_text())
 
     tasks = wait_until(lambda: flower_tasks(flower_port), timeout=30)
     assert len(tasks) == 1, tasks

@@ -9,6 +9,7 @@ redis-server of the test's own and real `celery -A workers.app worker` processes
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sqlite3
@@ -162,7 +163,7 @@ class Site:
 def site(serve: Any, own_redis: Any, tmp_path: Path) -> Iterator[Site]:
     own_redis()
     config = config_with(tmp_path, "data", broker=True)
-    config["broker"] = {"url": own_redis.url}
+    config["broker"] = {"url": own_redis.url, "result_backend": own_redis.url}
     node = serve(config, data_dir=tmp_path / "data")
     journal = Journal(journal_path(node.data_dir))
     yield Site(node, redis.Redis.from_url(own_redis.url), journal)
@@ -240,6 +241,15 @@ def test_undecodable_pixels_fail_once_and_the_worker_metrics_count_each_outcome(
     assert [s.state for s in studies.values() if s.study_key != failed] == ["done"]
 
     assert metrics(port, "umsrep_tasks_total", "outcome") == {"done": 1.0, "failed": 1.0}
+    # Celery (and Flower) say the same: a failed task with the reason, a result that expires.
+    results = {key: json.loads(site.redis.get(key) or "{}")
+               for key in site.redis.keys("celery-task-meta-*")}
+    assert sorted(r["status"] for r in results.values()) == ["FAILURE", "SUCCESS"]
+    [(key, failure)] = [(k, r) for k, r in results.items() if r["status"] == "FAILURE"]
+    assert failure["result"]["exc_type"] == "JobFailed"
+    assert f"study {failed}: job chest failed: InferenceError: cannot decode pixel data" in (
+        failure["result"]["exc_message"][0])
+    assert 0 < site.redis.ttl(key) <= 24 * 3600
     stages = metrics(port, "umsrep_stage_seconds_count", "stage")
     assert stages["load"] == 2.0  # both studies loaded the bundle; one got further
     assert stages["inference"] == stages["writing"] == 1.0
