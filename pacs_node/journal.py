@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pacs_node.attrs import InstanceAttrs
+from pacs_node.config import Process
 
 STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ignored",
           "skipped")
@@ -76,6 +77,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     study_key TEXT NOT NULL REFERENCES studies (study_key),
     route TEXT NOT NULL,
     queue TEXT NOT NULL,
+    process TEXT,  -- the rule's process settings (JSON) when the study was routed
     state TEXT NOT NULL,
     dispatched_at REAL,
     started_at REAL,
@@ -167,6 +169,9 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)  # idempotent; executescript manages its own commit
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if "process" not in columns:  # a journal of a version before jobs kept their settings
+            self._db.execute("ALTER TABLE jobs ADD COLUMN process TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -368,10 +373,20 @@ class Journal:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def add_job(self, key: str, route: str, queue: str) -> None:
+    def add_job(self, key: str, route: str, process: Process) -> None:
+        """Queue the study for a rule's process, its settings kept as they are now: a reload
+        that renames or changes the rule meanwhile changes nothing for this job."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO jobs (study_key, route, queue, state) "
-                       "VALUES (?, ?, ?, 'queued')", (key, route, queue))
+            db.execute("INSERT OR IGNORE INTO jobs (study_key, route, queue, process, state) "
+                       "VALUES (?, ?, ?, ?, 'queued')",
+                       (key, route, process.pipeline, process.model_dump_json()))
+
+    def job_process(self, key: str, route: str) -> Process | None:
+        """The process settings the job was queued with (None: queued by an older version)."""
+        rows = self._query("SELECT process FROM jobs WHERE study_key = ? AND route = ?",
+                           (key, route))
+        return Process.model_validate_json(rows[0]["process"]) if rows and rows[0][
+            "process"] else None
 
     def job_dispatched(self, key: str, route: str) -> None:
         with self._tx() as db:

@@ -113,7 +113,7 @@ class Node:
                 for destination in rule.forward.destinations:
                     self.journal.enqueue(key, destination, paths)
             if rule.process is not None:
-                self.journal.add_job(key, rule.name, rule.process.pipeline)
+                self.journal.add_job(key, rule.name, rule.process)
         self.deliverer.wake()
         if any(r.process is not None for r in rules):
             self.journal.set_state(key, "queued", route=names)

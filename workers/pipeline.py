@@ -75,7 +75,12 @@ def frames_of(ds: Dataset) -> list[Dataset]:
     return [build_frame_image(ds, n) for n in range(1, count + 1)]
 
 
-def rule_process(config: Config, route: str) -> Process:
+def job_process(journal: Journal, config: Config, study_key: str, route: str) -> Process:
+    """The settings the job was queued with; the rule's current ones for a job that an older
+    version queued without them."""
+    process = journal.job_process(study_key, route)
+    if process is not None:
+        return process
     for rule in config.routing.rules:
         if rule.name == route and rule.process is not None:
             return rule.process
@@ -115,7 +120,7 @@ def write_output(ds: Dataset, folder: Path) -> Path:
 
 
 def process_study(journal: Journal, config: Config, study_key: str, route: str) -> None:
-    process = rule_process(config, route)
+    process = job_process(journal, config, study_key, route)
     started = time.perf_counter()
     model = predictor(process.bundle or process.pipeline)
     name, version = str(model.bundle.manifest["name"]), str(model.bundle.manifest["version"])

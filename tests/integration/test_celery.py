@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from pacs_node import samples
 from tests.conftest import free_port, node_config, storescu, wait_for_port, wait_until
@@ -161,3 +162,28 @@ def test_a_restarted_redis_loses_the_message_and_the_node_sends_it_again(
     studies = json.loads(node.umsrep("studies", "--data-dir", str(node.data_dir),
                                      "--json").stdout)
     assert [s["state"] for s in studies] == ["done"]
+
+
+def test_a_rule_renamed_by_a_reload_does_not_fail_a_worker_started_before(
+        serve: Any, worker: Any, tmp_path: Path) -> None:
+    """The worker read the config with its first task; the node, reloaded, then routes by a
+    rule the worker never heard of. The job carries its rule's settings as routed."""
+    redis.Redis.from_url(REDIS_URL).delete("cxr")
+    node = serve(config_with(tmp_path, "reload", broker=True), data_dir=tmp_path / "reload")
+    worker(node.config_path)
+    first = samples.write_study(tmp_path / "cr1", "cr", 12, rows=256, columns=256)
+    assert storescu(node.port, first).returncode == 0
+    wait_until(lambda: len(outputs(node.data_dir)) == 2, timeout=120)  # SEG and SR
+    renamed = yaml.safe_load(node.config_path.read_text())
+    renamed["routing"]["rules"][0]["name"] = "chest-v2"
+    renamed["routing"]["rules"][0]["process"]["outputs"] = ["sr"]
+    node.config_path.write_text(yaml.safe_dump(renamed))
+    node.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "routing reloaded" in node.log())
+    second = samples.write_study(tmp_path / "cr2", "cr", 13, rows=256, columns=256)
+    assert storescu(node.port, second).returncode == 0
+    wait_until(lambda: len(outputs(node.data_dir)) == 3, timeout=120)  # and its SR only
+    listed = json.loads(node.umsrep("studies", "--data-dir", str(node.data_dir),
+                                    "--json").stdout)
+    assert sorted((s["state"], s["route"]) for s in listed) == [("done", "chest"),
+                                                                ("done", "chest-v2")]

@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from pacs_node.config import Config
+from pacs_node.config import Config, Process
 from pacs_node.journal import Journal
 from pacs_node.node import Node
 from tests.conftest import ECHOSCU, node_config, storescu, wait_until
@@ -185,7 +185,7 @@ def test_a_finished_job_is_not_run_again(tmp_path: Path) -> None:
 
     node = make_node(tmp_path)
     key = add(node.journal, "1.2.3.1.1")
-    node.journal.add_job(key, "chest-xray", "cxr")
+    node.journal.add_job(key, "chest-xray", Process(pipeline="cxr"))
     runs: list[str] = []
     for _ in range(2):  # the same message delivered twice
         run_job(node.journal, node.config, key, "chest-xray", lambda j, c, k, r: runs.append(k))
@@ -201,7 +201,7 @@ def test_the_embedded_pool_tries_a_transient_error_again(tmp_path: Path) -> None
 
     node = make_node(tmp_path)
     key = add(node.journal, "1.2.3.1.2")
-    node.journal.add_job(key, "chest-xray", "cxr")
+    node.journal.add_job(key, "chest-xray", Process(pipeline="cxr"))
     tries: list[int] = []
 
     def handler(journal: Journal, config: Config, study_key: str, route: str) -> None:
@@ -228,7 +228,7 @@ def test_a_failed_job_keeps_no_value_its_error_quoted(tmp_path: Path,
 
     node = make_node(tmp_path)
     key = add(node.journal, "1.2.3.1.3")
-    node.journal.add_job(key, "chest-xray", "cxr")
+    node.journal.add_job(key, "chest-xray", Process(pipeline="cxr"))
 
     def handler(journal: Journal, config: Config, study_key: str, route: str) -> None:
         raise ValueError("Unable to convert '1970-01-01' to 'DA' object")

@@ -25,6 +25,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacs_node import samples
+from pacs_node.config import Process
 from pacs_node.dispatch import LOST_TRIES, run_job
 from pacs_node.journal import Journal, journal_path
 from tests.conftest import ServedNode, free_port, storescu, wait_until
@@ -52,7 +53,7 @@ def states(journal: Journal, key: str) -> list[str]:
 def job(tmp_path: Path) -> Iterator[tuple[Journal, str]]:
     journal = Journal(tmp_path / "journal.db")
     key = add(journal, "1.2.3.9.1")
-    journal.add_job(key, "chest", "cxr")
+    journal.add_job(key, "chest", Process(pipeline="cxr"))
     yield journal, key
     journal.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from pacs_node.attrs import InstanceAttrs
+from pacs_node.config import Process
 from pacs_node.journal import Journal
 
 
@@ -46,7 +48,7 @@ def routed(journal: Journal, sop: str) -> str:
     """A study of one instance, routed: a job queued (its message sent) and an outbox item."""
     key = add(journal, sop)
     journal.set_state(key, "complete", expect=("receiving",))
-    journal.add_job(key, "chest", "cxr")
+    journal.add_job(key, "chest", Process(pipeline="cxr"))
     journal.job_dispatched(key, "chest")
     journal.enqueue(key, "pacs", [Path(f"/s/{sop}")])
     journal.set_state(key, "queued")
@@ -86,8 +88,8 @@ def test_a_version_something_was_done_for_is_followed_by_a_new_one(journal: Jour
 
 def test_study_state_follows_its_jobs(journal: Journal) -> None:
     key = add(journal, "1.2.3.1.1")
-    journal.add_job(key, "a", "cxr")
-    journal.add_job(key, "b", "cxr")
+    journal.add_job(key, "a", Process(pipeline="cxr"))
+    journal.add_job(key, "b", Process(pipeline="cxr"))
     journal.set_state(key, "queued")
     journal.start_job(key, "a")
     assert journal.study(key).state == "processing"  # type: ignore[union-attr]
@@ -102,7 +104,7 @@ def test_study_state_follows_its_jobs(journal: Journal) -> None:
 
 def test_requeue_after_stop(journal: Journal) -> None:
     key = add(journal, "1.2.3.1.1")
-    journal.add_job(key, "a", "cxr")
+    journal.add_job(key, "a", Process(pipeline="cxr"))
     journal.job_dispatched(key, "a")
     journal.start_job(key, "a")
     assert journal.requeue_jobs() == 1
@@ -156,3 +158,21 @@ def test_stage_timings_are_summed_per_stage_and_other_notes_ignored(journal: Jou
     assert journal.stage_seconds(key) == {"load": 0.25, "inference": 0.625}
     later = journal.events(key)[-1]["at"] + 1
     assert journal.stage_seconds(key, since=later) == {}
+
+
+def test_a_job_keeps_its_rules_settings_and_an_older_journal_gains_the_column(
+        tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "journal.db")  # jobs as versions before kept them
+    old.execute("CREATE TABLE jobs (study_key TEXT NOT NULL, route TEXT NOT NULL, queue TEXT "
+                "NOT NULL, state TEXT NOT NULL, dispatched_at REAL, started_at REAL, "
+                "finished_at REAL, error TEXT, PRIMARY KEY (study_key, route))")
+    old.execute("INSERT INTO jobs VALUES ('1.2.3@1', 'chest', 'cxr', 'queued', NULL, NULL, "
+                "NULL, NULL)")
+    old.commit()
+    old.close()
+    journal = Journal(tmp_path / "journal.db")
+    assert journal.job_process("1.2.3@1", "chest") is None  # the worker asks the config
+    key = add(journal, "1.2.3.9.1", study="1.2.3.9")
+    routed = Process(pipeline="cxr", bundle="/opt/models/cxr-v2", outputs=["sr"])
+    journal.add_job(key, "chest-v2", routed)
+    assert journal.job_process(key, "chest-v2") == routed
