@@ -84,6 +84,7 @@ class Rejected(Exception):
 class AssociationLog:
     assoc: Association
     calling_ae: str
+    called_ae: str  # the one the caller asked for, of the node's titles
     peer: str
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
@@ -241,7 +242,7 @@ class Receiver:
                         for e in self._assocs.values())
             admitted = taken < node.max_associations
             if admitted:
-                self._assocs[id(assoc)] = AssociationLog(assoc, calling, peer)
+                self._assocs[id(assoc)] = AssociationLog(assoc, calling, called, peer)
         if not admitted:
             self._reject(assoc, RJ_LIMIT, "limit", "%d associations are open, the most "
                          "allowed (%r from %s)", node.max_associations, calling, peer)
@@ -343,8 +344,7 @@ class Receiver:
         if pixels > node.max_image_pixels:
             raise Rejected(OUT_OF_RESOURCES, f"image of {pixels} pixels exceeds the maximum "
                                              f"of {node.max_image_pixels}")
-        called = event.assoc.acceptor.ae_title.strip()
-        instance_attrs = attrs.extract(ds, entry.calling_ae, called)
+        instance_attrs = attrs.extract(ds, entry.calling_ae, entry.called_ae)
         first = self.spool.path(study_uid, series_uid, sop_uid)
         for path in versions(first):  # never over bytes already stored
             try:

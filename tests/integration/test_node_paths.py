@@ -201,12 +201,23 @@ def test_prometheus_metrics_follow_the_journal(serve: Any, study_files: Any,
 
 def test_send_and_echo_commands_and_several_called_ae_titles(serve: Any, study_files: Any,
                                                              tmp_path: Path) -> None:
-    node = serve(node_config(tmp_path / "data", 0, node={"ae_titles": ["UMSREP", "SECOND"]}))
+    # A rule on the called AE title: it matches the title the caller asked for, not the
+    # node's first (which the journal recorded before).
+    routing = {"quiet_seconds": 0.5, "rules": [
+        {"name": "via-second", "match": {"called_ae": ["SECOND"]}, "ignore": {}}]}
+    node = serve(node_config(tmp_path / "data", 0, node={"ae_titles": ["UMSREP", "SECOND"]},
+                             routing=routing))
     folder = study_files("ct", count=3)[0].parent
     (folder / "notes.txt").write_text("not DICOM")
     sent = node.umsrep("send", "127.0.0.1", str(node.port), str(folder), "--aec", "SECOND")
     assert sent.returncode == 0, sent.stderr
     assert "skipped (not DICOM)" in sent.stdout and "sent 3 of 3 files" in sent.stdout
+    def routed() -> list[Any]:
+        listed = node.umsrep("studies", "--data-dir", str(node.data_dir), "--json").stdout
+        return [s for s in json.loads(listed) if s["state"] != "receiving"]
+
+    [study] = wait_until(routed)
+    assert (study["state"], study["route"]) == ("ignored", "via-second")
     echo = node.umsrep("echo", "127.0.0.1", str(node.port), "--aec", "UMSREP")
     assert echo.returncode == 0 and "status 0x0000" in echo.stdout
     wrong = node.umsrep("echo", "127.0.0.1", str(node.port), "--aec", "THIRD")
