@@ -69,9 +69,7 @@ class IncomingFile:
         log.warning("receiving a dataset stopped, its partial file deleted: %s", self.failure)
         with contextlib.suppress(OSError):
             self._file.close()
-        with contextlib.suppress(OSError):
-            os.truncate(self.name, 0)
-        Path(self.name).unlink(missing_ok=True)
+        Path(self.name).unlink(missing_ok=True)  # closed: its space is free at once
 
 
 class Incoming:

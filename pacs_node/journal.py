@@ -385,8 +385,8 @@ class Journal:
         """The process settings the job was queued with (None: queued by an older version)."""
         rows = self._query("SELECT process FROM jobs WHERE study_key = ? AND route = ?",
                            (key, route))
-        return Process.model_validate_json(rows[0]["process"]) if rows and rows[0][
-            "process"] else None
+        stored = rows[0]["process"] if rows else None
+        return Process.model_validate_json(stored) if stored else None
 
     def job_dispatched(self, key: str, route: str) -> None:
         with self._tx() as db:

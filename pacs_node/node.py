@@ -53,7 +53,6 @@ class Node:
         self.server: BoundedServer | None = None
         self._stop = threading.Event()
         self._dispatch_now = threading.Event()
-        self._dispatcher_thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -71,9 +70,7 @@ class Node:
         self.server = start_server(self.config, self.receiver)
         self.assembler.start()
         self.deliverer.start()
-        self._dispatcher_thread = threading.Thread(target=self._dispatch_loop, name="dispatch",
-                                                   daemon=True)
-        self._dispatcher_thread.start()
+        threading.Thread(target=self._dispatch_loop, name="dispatch", daemon=True).start()
         log.info("listening on %s:%d as %s; data in %s; %s", self.config.node.bind, self.port,
                  ", ".join(self.config.node.ae_titles), self.config.node.data_dir,
                  "broker " + _redact(self.config.broker.url) if self.config.broker
