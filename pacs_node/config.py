@@ -141,9 +141,10 @@ class Broker(Strict):
 class Match(Strict):
     """Conditions of a rule; all given ones must hold for one instance of the study.
 
-    Lists match exactly (any of); `*_re` fields are Python regular expressions searched in
-    the value, empty where the instance lacks the attribute (so '^$|...' reads "absent or");
-    `image_type_re` is searched in the values joined with a backslash.
+    Lists match exactly (any of; a single value is a list of one); `*_re` fields are Python
+    regular expressions searched in the value, empty where the instance lacks the attribute
+    (so '^$|...' reads "absent or"); `image_type_re` is searched in the values joined with a
+    backslash.
     """
 
     modality: list[str] | None = None
@@ -157,6 +158,12 @@ class Match(Strict):
     study_description_re: str | None = None
     series_description_re: str | None = None
     spectral_doppler: bool | None = None
+
+    @field_validator("modality", "sop_class_uid", "calling_ae", "called_ae", mode="before")
+    @classmethod
+    def _one_is_a_list_of_one(cls, v: object) -> object:
+        """`modality: CR` means `[CR]`, as a person writing YAML means it."""
+        return [v] if isinstance(v, str) else v
 
     @field_validator(
         "body_part_re", "view_position_re", "image_type_re", "manufacturer_re",

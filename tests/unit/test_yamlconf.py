@@ -73,6 +73,13 @@ def test_empty_file_means_model_defaults_without_rules(tmp_path: Path, text: str
     assert config.routing.rules == []
 
 
+def test_a_single_value_where_a_list_is_meant_is_a_list_of_one(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID.replace("modality: [CR, DX]", "modality: CR")))
+    assert config.routing.rules[0].match.modality == ["CR"]
+    assert errors(tmp_path, VALID.replace("modality: [CR, DX]", "modality: 7")) == [
+        "10: routing.rules.0.match.modality: Input should be a valid list"]
+
+
 def test_unknown_key_names_its_line(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("  port: 11112", "  port: 11112\n  prot: 104")) == [
         "3: node.prot: Extra inputs are not permitted"]
