@@ -177,14 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("port", type=int)
         if name == "send":
             p.add_argument("paths", type=Path, nargs="+")
-        p.add_argument("--aec", default="ANY-SCP", help="called AE title (default ANY-SCP)")
-        p.add_argument("--aet", default="UMSREP", help="calling AE title (default UMSREP)")
+        # The defaults reach a default `umsrep serve`: it answers to UMSREP, and this end is
+        # another AE, not the node itself.
+        p.add_argument("--aec", default="UMSREP", help="called AE title (default UMSREP)")
+        p.add_argument("--aet", default="UMSREP-SCU",
+                       help="calling AE title (default UMSREP-SCU)")
 
     p = command("samples", _samples, "write a sample study as DICOM files (cr, dx: real chests)")
     p.add_argument("out", type=Path)
     p.add_argument("--kind", default="cr", choices=["cr", "dx", "us_doppler", "us_bmode", "ct"])
     p.add_argument("--count", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="the same seed writes the same study (default: a new one each time)")
     p.add_argument("--rows", type=int)
     p.add_argument("--columns", type=int)
 

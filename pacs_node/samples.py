@@ -24,6 +24,7 @@ us_bmode (US with a 2D tissue region only), ct (one or more 512 x 512 axial slic
 
 from __future__ import annotations
 
+import secrets
 import sys
 import uuid
 from dataclasses import dataclass
@@ -692,9 +693,11 @@ def write_study(out_dir: Path | str, kind: str, seed: int, count: int = 1,
     return paths
 
 
-def main_samples(out: Path, kind: str, count: int, seed: int,  # noqa: PLR0917 - the CLI's
+def main_samples(out: Path, kind: str, count: int, seed: int | None,  # noqa: PLR0917 - CLI's
                  rows: int | None, columns: int | None) -> int:
-    """`umsrep samples`: write a sample study and say where and which study it is."""
+    """`umsrep samples`: write a sample study and say where, which study and which seed (a
+    new one unless given: each run a new study, not the last one reopened)."""
+    seed = secrets.randbelow(1_000_000) if seed is None else seed
     kw: dict[str, Any] = {}
     if rows is not None:
         kw["rows"] = rows
@@ -707,5 +710,5 @@ def main_samples(out: Path, kind: str, count: int, seed: int,  # noqa: PLR0917 -
         return 2
     size = sum(p.stat().st_size for p in paths)
     print(f"wrote {len(paths)} {kind} file(s), {size / 1e6:.1f} MB, under {out}")
-    print(f"study {study_uid_for(kind, seed)}")
+    print(f"study {study_uid_for(kind, seed)} (seed {seed})")
     return 0

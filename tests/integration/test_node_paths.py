@@ -218,7 +218,7 @@ def test_send_and_echo_commands_and_several_called_ae_titles(serve: Any, study_f
 
     [study] = wait_until(routed)
     assert (study["state"], study["route"]) == ("ignored", "via-second")
-    echo = node.umsrep("echo", "127.0.0.1", str(node.port), "--aec", "UMSREP")
+    echo = node.umsrep("echo", "127.0.0.1", str(node.port))  # the defaults reach a node
     assert echo.returncode == 0 and "status 0x0000" in echo.stdout
     wrong = node.umsrep("echo", "127.0.0.1", str(node.port), "--aec", "THIRD")
     assert wrong.returncode == 6 and "umsrep: error:" in wrong.stderr

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from pacs_node.cli import main
 from pacs_node.journal import Journal
 from tests.unit.test_journal import add
 
@@ -50,3 +53,14 @@ def test_echo_to_nobody_fails_clearly() -> None:
     last = result.stderr.strip().splitlines()[-1]  # after pynetdicom's own error lines
     assert last.startswith("umsrep: error:") and "connection failed" in last
     assert "Traceback" not in result.stderr
+
+
+def test_samples_write_a_new_study_each_time_unless_seeded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def study(*seed: str) -> str:
+        assert main(["samples", str(tmp_path / "s"), "--kind", "ct", *seed]) == 0
+        return next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("study "))
+
+    assert study() != study()
+    assert study("--seed", "7") == study("--seed", "7")
