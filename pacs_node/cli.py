@@ -86,7 +86,8 @@ def _routes_check(args: argparse.Namespace) -> int:
 def _routes_test(args: argparse.Namespace) -> int:
     from pacs_node import routes_cmd  # noqa: PLC0415
 
-    return routes_cmd.test(args.file, args.paths, as_json=args.json)
+    return routes_cmd.test(args.file, args.paths, as_json=args.json,
+                           calling_ae=args.calling_ae, called_ae=args.called_ae)
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("paths", type=Path, nargs="+")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--calling-ae", default="", help="the sender's AE title (default: none)")
+    p.add_argument("--called-ae", help="the title it calls (default: the node's first)")
 
     for name, run, help_ in (("send", _send, "send DICOM files or folders (C-STORE SCU)"),
                              ("echo", _echo, "verify a DICOM peer (C-ECHO SCU)")):

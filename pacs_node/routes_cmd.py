@@ -7,6 +7,7 @@ birth date. Files that cannot be read as DICOM are reported on stderr and skippe
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +17,21 @@ from pydicom import dcmread
 
 from pacs_node import router
 from pacs_node.attrs import InstanceAttrs, extract
-from pacs_node.config import Routing, Rule
+from pacs_node.config import Config, Routing, Rule
 from pacs_node.yamlconf import load_config
+from umsrep_core.bundle_files import BundleError, read_manifest, resolve
+from umsrep_core.errors import ConfigError
 
 NO_RULE = "store only (no rule matched)"
 
 
 def check(path: Path) -> int:
-    """Validate a config file; raises ConfigError when it is not valid."""
+    """Validate a config file, and what it names: each process rule's bundle (there, and a
+    model of its pipeline) and each folder destination (writable). Raises ConfigError."""
     config = load_config(path)
+    problems = [*_bundle_problems(config), *_folder_problems(config)]
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     routing = config.routing
     rules = f"{len(routing.rules)} rule{'' if len(routing.rules) == 1 else 's'}"
     print(f"OK: {path}: {rules} (apply: {routing.apply}), "
@@ -32,14 +39,41 @@ def check(path: Path) -> int:
     return 0
 
 
+def _bundle_problems(config: Config) -> Iterator[str]:
+    for rule in config.routing.rules:
+        if rule.process is None:
+            continue
+        name = rule.process.bundle or rule.process.pipeline
+        try:
+            modality = read_manifest(resolve(name)).get("modality")
+        except BundleError as exc:
+            yield f"rule {rule.name!r}: {exc}"
+            continue
+        if modality != rule.process.pipeline:
+            yield (f"rule {rule.name!r}: bundle {name} is a model for {modality!r}, the "
+                   f"pipeline is {rule.process.pipeline!r}")
+
+
+def _folder_problems(config: Config) -> Iterator[str]:
+    for name in config.destinations:
+        folder = config.folder(name)
+        if folder is None:
+            continue
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            yield f"destination {name!r}: {folder} cannot be written ({existing} is not a " \
+                  "writable folder)"
+
+
 def test(config_path: Path | None, paths: list[Path], as_json: bool = False,
-         calling_ae: str = "") -> int:
+         calling_ae: str = "", called_ae: str | None = None) -> int:
     """Route the studies in DICOM files and folders as the node would, sending nothing.
 
-    The called AE title is the node's first; `calling_ae` stands for the sender's.
+    `calling_ae` stands for the sender's title, `called_ae` for the one it calls (default:
+    the node's first).
     """
     config = load_config(config_path)
-    studies = _read_studies(paths, calling_ae, config.node.ae_titles[0])
+    studies = _read_studies(paths, calling_ae, called_ae or config.node.ae_titles[0])
     reports = [_report(config.routing, uid, attrs) for uid, attrs in studies.items()]
     if as_json:
         print(json.dumps(reports, indent=2))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from umsrep_core import bundle_files
 from umsrep_core.errors import InferenceError
 from umsrep_core.models import (
     BundleError,
@@ -18,7 +19,6 @@ from umsrep_core.models import (
     load_bundle,
     save_bundle,
 )
-from umsrep_core.models import bundle as bundle_module
 from umsrep_core.models.bundle import CLINICAL_USE, available_bundles
 
 TINY = ModelConfig(width=4, depth=2, n_seg=3, input_size=32, dec_width=8, hidden=8)
@@ -148,7 +148,7 @@ def test_names_resolve_to_packaged_bundles_first(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     packaged = tmp_path / "bundles"
     save_bundle(_trained(), FIELDS, packaged / "cxr")
-    monkeypatch.setattr(bundle_module, "BUNDLES_DIR", packaged)
+    monkeypatch.setattr(bundle_files, "BUNDLES_DIR", packaged)
     local = tmp_path / "cwd"
     save_bundle(SingleTask(TINY, "classify"), {**FIELDS, "seg_labels": []}, local / "cxr")
     save_bundle(SingleTask(TINY, "classify"), {**FIELDS, "seg_labels": []}, local / "mine")

@@ -93,6 +93,23 @@ def test_check_prints_a_summary(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         f"OK: {path}: 3 rules (apply: all), destinations: results, pacs\n")
 
 
+def test_check_resolves_bundles_and_folders_and_names_the_rule(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
+    with pytest.raises(ConfigError, match=r"rule 'chest-xray': no bundle directory "
+                                          r"/opt/models/cxr-v2"):
+        routes_cmd.check(example)  # a placeholder: a node would fail every chest study
+    path = tmp_path / "rules.yaml"
+    path.write_text(NO_CATCH_ALL.replace("pipeline: cxr,", "pipeline: cxr, bundle: echo_doppler,")
+                    .replace("{folder: results}", f"{{folder: {tmp_path / 'rules.yaml' / 'x'}}}"))
+    with pytest.raises(ConfigError) as caught:
+        routes_cmd.check(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}: rule 'chest': bundle echo_doppler is a model for 'echo_doppler', the "
+        "pipeline is 'cxr'",
+        f"{path}: destination 'results': {tmp_path / 'rules.yaml' / 'x'} cannot be written "
+        f"({path} is not a writable folder)"]
+
+
 def test_check_raises_the_config_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(NO_CATCH_ALL.replace("pipeline: cxr", "pipeline: mri"))
@@ -183,6 +200,9 @@ def test_calling_ae_stands_for_the_sender(capsys: pytest.CaptureFixture[str], st
     assert json.loads(capsys.readouterr().out)[0]["applied"] == []
     routes_cmd.test(config, [studies / "cr.dcm"], as_json=True, calling_ae="MOD1")
     assert json.loads(capsys.readouterr().out)[0]["applied"] == ["from-mod1"]
+    routes_cmd.test(config, [studies / "cr.dcm"], as_json=True, calling_ae="MOD1",
+                    called_ae="OTHER")
+    assert json.loads(capsys.readouterr().out)[0]["applied"] == []
 
 
 def test_a_real_chest_goes_to_cxr_and_the_same_file_as_an_extremity_does_not(

@@ -21,14 +21,20 @@ from typing import IO, Any
 
 import torch
 
-from umsrep_core.errors import InferenceError
+from umsrep_core.bundle_files import (
+    BUNDLES_DIR,
+    MANIFEST,
+    WEIGHTS,
+    BundleError,
+    available_bundles,
+    read_manifest,
+    resolve,
+)
 from umsrep_core.models.umsrep import HEADS, ModelConfig, UMSRep
 
 __all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "MODALITIES", "OTHER_CLASS", "Bundle",
            "BundleError", "available_bundles", "load_bundle", "save_bundle"]
 
-BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
-WEIGHTS, MANIFEST = "weights.pt", "manifest.json"
 MODALITIES = ("cxr", "echo_doppler")
 CLINICAL_USE = "NOT FOR CLINICAL USE: a research model, not a medical device"
 # Optional manifest key `denoise_grid`: where the denoising head works (see inference.py):
@@ -38,16 +44,11 @@ DENOISE_GRIDS = ("model", "source")
 # know (other anatomy, other views, not a radiograph): the Predictor reads its probability as
 # the image's applicability, and labels an image with the other classes.
 OTHER_CLASS = "other"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _REQUIRED: dict[str, type] = {
     "name": str, "version": str, "modality": str, "tasks": list, "seg_labels": list,
     "class_labels": list, "input_size": int, "normalisation": dict, "model_config": dict,
     "versions": dict, "training_data": str, "clinical_use": str, "sha256": str, "created": str,
 }
-
-
-class BundleError(InferenceError):
-    """A bundle is missing, malformed, or does not match its own manifest."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,8 @@ def save_bundle(model: UMSRep, manifest_fields: Mapping[str, Any], path: str | P
 
 def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """The checked bundle at a path, or of that name under umsrep_core/bundles/."""
-    path = _resolve(name_or_path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BundleError(f"bundle {path}: no {MANIFEST}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"bundle {path}: unreadable {MANIFEST}: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"bundle {path}: {MANIFEST} is not a JSON object")
+    path = resolve(name_or_path)
+    manifest = read_manifest(path)
     config = _check_manifest(manifest, path)
     weights = path / WEIGHTS
     if not weights.is_file():
@@ -123,29 +117,6 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
         raise BundleError(f"bundle {path}: weights do not fit model_config {config}: "
                           f"{exc}") from exc
     return Bundle(model=model.to(device).eval(), manifest=manifest, path=path)
-
-
-def available_bundles(root: Path | None = None) -> list[str]:
-    """Names of the bundles (directories holding a manifest) in `root`, default the packaged."""
-    root = root or BUNDLES_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
-
-
-def _resolve(name_or_path: str | Path) -> Path:
-    """A bare name is a packaged bundle first, then a local directory; anything else a path."""
-    text = str(name_or_path)
-    if not isinstance(name_or_path, Path) and _NAME.fullmatch(text):
-        if (BUNDLES_DIR / text).is_dir():
-            return BUNDLES_DIR / text
-        if not Path(text).is_dir():
-            raise BundleError(f"no packaged bundle named {text!r} (packaged bundles: "
-                              f"{', '.join(available_bundles()) or 'none'})")
-    path = Path(text)
-    if not path.is_dir():
-        raise BundleError(f"no bundle directory {path}")
-    return path
 
 
 def _check_manifest(manifest: Mapping[str, Any], path: Path) -> ModelConfig:
