@@ -2,16 +2,20 @@
 
 The text is parsed once into YAML nodes with PyYAML's SafeLoader (plain data only, never
 Python objects) and the data is built from those nodes, so that each pydantic error's location
-(`routing.rules.1.process.pipeline`) can be walked back to the line it came from.
+(`routing.rules.1.process.pipeline`) can be walked back to the line it came from. Errors name
+a rule as well as count it (`routing.rules.1[doppler].process`), and a misspelt key gets the
+known key closest to it.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from pacs_node.config import DEFAULTS_FILE, Config
@@ -41,7 +45,8 @@ def load_config(path: Path | None) -> Config:
         return Config.model_validate({} if data is None else data)
     except ValidationError as exc:
         lines = sorted(((_line(root, _loc(e)), e) for e in exc.errors()), key=lambda le: le[0])
-        raise ConfigError("\n".join(f"{path}:{n}: {_describe(e)}" for n, e in lines)) from None
+        raise ConfigError("\n".join(f"{path}:{n}: {_describe(e, data)}"
+                                     for n, e in lines)) from None
 
 
 def _parse(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
@@ -87,9 +92,45 @@ def _loc(error: ErrorDetails) -> tuple[Any, ...]:
     return (*error["loc"], *error.get("ctx", {}).get("loc", ()))
 
 
-def _describe(error: ErrorDetails) -> str:
-    field = ".".join(str(part) for part in _loc(error)) or "(top level)"
-    return f"{field}: {error['msg'].removeprefix('Value error, ')}"
+def _describe(error: ErrorDetails, data: Any) -> str:
+    """`routing.rules.1[doppler].process.pipeline: <message>`: a rule is named as well as
+    counted, and a misspelt key gets the known key it is closest to."""
+    parts, node = [], data
+    for part in _loc(error):
+        node = node[part] if _has(node, part) else None
+        name = node.get("name") if isinstance(part, int) and isinstance(node, dict) else None
+        parts.append(f"{part}[{name}]" if isinstance(name, str) else str(part))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden" and parts:
+        close = difflib.get_close_matches(parts[-1], KNOWN_KEYS, n=1)
+        message += f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{'.'.join(parts) or '(top level)'}: {message}"
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _field_names(model: type[BaseModel], seen: set[type[BaseModel]]) -> Iterator[str]:
+    """Every key of `model` and of the models inside it."""
+    seen.add(model)
+    for name, info in model.model_fields.items():
+        yield name
+        for inner in _models_in(info.annotation):
+            if inner not in seen:
+                yield from _field_names(inner, seen)
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in get_args(annotation):
+        yield from _models_in(arg)
+
+
+KNOWN_KEYS = sorted(set(_field_names(Config, set())))
 
 
 def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:

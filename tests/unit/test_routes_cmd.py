@@ -113,7 +113,8 @@ def test_check_resolves_bundles_and_folders_and_names_the_rule(tmp_path: Path) -
 def test_check_raises_the_config_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(NO_CATCH_ALL.replace("pipeline: cxr", "pipeline: mri"))
-    with pytest.raises(ConfigError, match=r"bad\.yaml:9: routing\.rules\.0\.process\.pipeline"):
+    with pytest.raises(ConfigError,
+                       match=r"bad\.yaml:9: routing\.rules\.0\[chest\]\.process\.pipeline"):
         routes_cmd.check(path)
 
 

@@ -77,12 +77,22 @@ def test_a_single_value_where_a_list_is_meant_is_a_list_of_one(tmp_path: Path) -
     config = load_config(write(tmp_path, VALID.replace("modality: [CR, DX]", "modality: CR")))
     assert config.routing.rules[0].match.modality == ["CR"]
     assert errors(tmp_path, VALID.replace("modality: [CR, DX]", "modality: 7")) == [
-        "10: routing.rules.0.match.modality: Input should be a valid list"]
+        "10: routing.rules.0[chest].match.modality: Input should be a valid list"]
 
 
 def test_unknown_key_names_its_line(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("  port: 11112", "  port: 11112\n  prot: 104")) == [
-        "3: node.prot: Extra inputs are not permitted"]
+        "3: node.prot: Extra inputs are not permitted (did you mean 'port'?)"]
+
+
+def test_a_misspelt_key_gets_the_closest_known_one(tmp_path: Path) -> None:
+    text = VALID.replace("      match:", "      matches:").replace(
+        "{}", "{}\n      quiet_second: 5")
+    assert errors(tmp_path, text) == [
+        "9: routing.rules.0[chest].matches: Extra inputs are not permitted (did you mean "
+        "'match'?)",
+        "16: routing.rules.1[rest].quiet_second: Extra inputs are not permitted (did you mean "
+        "'quiet_seconds'?)"]
 
 
 def test_wrong_type(tmp_path: Path) -> None:
@@ -92,13 +102,13 @@ def test_wrong_type(tmp_path: Path) -> None:
 
 def test_bad_pipeline_name(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("pipeline: cxr", "pipeline: ct")) == [
-        "12: routing.rules.0.process.pipeline: Input should be 'cxr' or 'echo_doppler'"]
+        "12: routing.rules.0[chest].process.pipeline: Input should be 'cxr' or 'echo_doppler'"]
 
 
 def test_bad_regex(tmp_path: Path) -> None:
     text = VALID.replace("modality: [CR, DX]", "modality: [CR]\n        body_part_re: '(chest'")
     [line] = errors(tmp_path, text)
-    assert line.startswith("11: routing.rules.0.match.body_part_re: invalid regular "
+    assert line.startswith("11: routing.rules.0[chest].match.body_part_re: invalid regular "
                            "expression '(chest': missing )")
 
 
@@ -106,26 +116,26 @@ def test_unknown_destination_points_at_the_name(tmp_path: Path) -> None:
     text = VALID.replace("destinations: [results]", "destinations:\n          - results\n"
                          "          - pacs")
     assert errors(tmp_path, text) == [
-        "15: routing.rules.0.process.destinations.1: rule 'chest': unknown destination 'pacs' "
-        "(known: results)"]
+        "15: routing.rules.0[chest].process.destinations.1: rule 'chest': unknown destination "
+        "'pacs' (known: results)"]
 
 
 def test_duplicate_rule_name_points_at_the_second(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("name: rest", "name: chest")) == [
-        "14: routing.rules.1.name: rule names must be unique: 'chest' is used twice"]
+        "14: routing.rules.1[chest].name: rule names must be unique: 'chest' is used twice"]
 
 
 def test_rule_with_two_actions(tmp_path: Path) -> None:
     text = VALID.replace("      ignore: {}", "      ignore: {}\n      forward:\n"
                          "        destinations: [results]")
     assert errors(tmp_path, text) == [
-        "14: routing.rules.1: a rule needs exactly one action of process, forward, ignore "
+        "14: routing.rules.1[rest]: a rule needs exactly one action of process, forward, ignore "
         "(got ['forward', 'ignore'])"]
 
 
 def test_missing_key_points_at_its_parent_mapping(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("        pipeline: cxr\n", "")) == [
-        "11: routing.rules.0.process.pipeline: Field required"]
+        "11: routing.rules.0[chest].process.pipeline: Field required"]
 
 
 def test_every_error_on_its_own_line_in_file_order(tmp_path: Path) -> None:
@@ -135,7 +145,7 @@ def test_every_error_on_its_own_line_in_file_order(tmp_path: Path) -> None:
     assert errors(tmp_path, text) == [
         "2: node.port: Input should be less than or equal to 65535",
         "4: destinations.results: a folder destination takes no ae_title, host, port or tls",
-        "13: routing.rules.0.process.pipeline: Input should be 'cxr' or 'echo_doppler'",
+        "13: routing.rules.0[chest].process.pipeline: Input should be 'cxr' or 'echo_doppler'",
     ]
 
 
