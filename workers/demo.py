@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,10 @@ def shown_reason(reason: str | None) -> str:
 
 
 def run_demo(out: Path, timeout_s: float = 600.0) -> int:
+    """Start a node on `out`/data, send it the sample studies, show what it did. Each run
+    starts from an empty node: the last run's data and overlays are replaced."""
+    for previous in (out / "data", out / "overlays"):
+        shutil.rmtree(previous, ignore_errors=True)
     defaults = load_config(None)
     config = Config.model_validate({
         **defaults.model_dump(),

@@ -52,3 +52,9 @@ def test_demo_sends_studies_and_writes_results_and_overlays(tmp_path: Path) -> N
                  *(tmp_path / "out/data/results").rglob("*.dcm")]:
         assert overlong_values(pydicom.dcmread(path)) == [], path
         assert dciodvfy_errors(path) == [], path
+    # A second run in the same folder starts afresh (it waited for 4 studies and found 8).
+    again = subprocess.run([sys.executable, "-m", "pacs_node.cli", "demo", "--out", "out"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [line.split()[:3] for line in again.stdout.splitlines() if "chest PA" in line] == [
+        line.split()[:3] for line in lines if "chest PA" in line]
