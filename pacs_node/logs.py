@@ -31,6 +31,17 @@ def scrub_record(record: logging.LogRecord) -> bool:
 
 _TRACEBACKS = logging.Formatter()
 
+# pynetdicom's own lines about an association this node requested that failed: the sender
+# raises DeliveryError with the reason, and the outbox logs it once per try.
+SENDER_REPORTS = ("Association request failed", "TCP Initialisation Error",
+                  "Association Rejected", "Result: Rejected", "Reason: ")
+
+
+def not_reported_twice(record: logging.LogRecord) -> bool:
+    """A handler filter: pynetdicom's failed-request lines, which the sender reports, go."""
+    return not (record.name.startswith("pynetdicom")
+                and str(record.msg).startswith(SENDER_REPORTS))
+
 
 class LoopFailures:
     """A background loop's failures, logged with the traceback when they start or change and
@@ -70,6 +81,7 @@ class JsonFormatter(logging.Formatter):
 def setup(*, as_json: bool = False, debug: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(PLAIN))
+    handler.addFilter(not_reported_twice)
     handler.addFilter(scrub_record)
     logging.captureWarnings(True)  # a library's warning quotes values too: through the filter
     root = logging.getLogger()

@@ -81,3 +81,16 @@ def test_a_celery_formatter_prints_the_scrubbed_traceback() -> None:
     line = ColorFormatter(use_color=False).format(record)
     assert "SMITH" not in line
     assert "OSError: cannot open '…'" in line and "Task umsrep.process_study retry" in line
+
+
+def test_pynetdicom_does_not_repeat_what_the_sender_reports(
+        node_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A delivery retry logged two pynetdicom ERROR lines besides the outbox's own."""
+    logs.setup()
+    transport = logging.getLogger("pynetdicom.transport")
+    transport.error("Association request failed: unable to connect to remote")
+    transport.error("TCP Initialisation Error: [Errno 111] Connection refused")
+    logging.getLogger("pynetdicom.dul").error("Exception in DUL.run(), aborting association")
+    err = capsys.readouterr().err
+    assert "Association request failed" not in err and "TCP Initialisation" not in err
+    assert "Exception in DUL.run(), aborting association" in err
