@@ -126,6 +126,22 @@ class Retry(Strict):
     max_attempts: int = Field(default=50, ge=1)  # then the outbox item is marked failed
 
 
+class Api(Strict):
+    """The node's HTTP port: DICOMweb WADO-RS retrieval of what it received. Off unless a port
+    is given; every request needs `Authorization: Bearer <the token in token_file>`."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    bind: str = "127.0.0.1"
+    token_file: Path | None = None
+    tls: TLS | None = None  # cert and key of this end (ca: callers must show a certificate)
+
+    @model_validator(mode="after")
+    def _token_when_served(self) -> Api:
+        if self.port is not None and self.token_file is None:
+            raise ValueError("api.port needs api.token_file: every request must carry its token")
+        return self
+
+
 class Broker(Strict):
     url: str
     result_backend: str | None = None
@@ -249,6 +265,7 @@ class Config(Strict):
     node: Node = Node()
     destinations: dict[str, Destination] = {}
     retry: Retry = Retry()
+    api: Api = Api()
     broker: Broker | None = None
     routing: Routing = Routing()
 

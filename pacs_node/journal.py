@@ -328,6 +328,12 @@ class Journal:
         rows = self._query("SELECT * FROM studies WHERE study_key = ?", (key,))
         return _study(rows[0]) if rows else None
 
+    def latest(self, study_uid: str) -> Study | None:
+        """The study's latest version."""
+        rows = self._query("SELECT * FROM studies WHERE study_uid = ? ORDER BY version DESC "
+                           "LIMIT 1", (study_uid,))
+        return _study(rows[0]) if rows else None
+
     def studies(self, states: tuple[str, ...] | None = None) -> list[Study]:
         if states:
             marks = ",".join("?" * len(states))  # placeholders only: values stay bound

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from pacs_node import router
+from pacs_node.api import ApiServer
 from pacs_node.assembler import Assembler
 from pacs_node.attrs import OWN_MANUFACTURER
 from pacs_node.config import Config, Routing
@@ -51,6 +52,7 @@ class Node:
                                     handler or installed_handler(),
                                     after_job=self.deliverer.wake))
         self.server: BoundedServer | None = None
+        self.api = ApiServer(config.api, self.journal) if config.api.port is not None else None
         self._stop = threading.Event()
         self._dispatch_now = threading.Event()
 
@@ -68,6 +70,8 @@ class Node:
         if node.metrics_port is not None:
             serve_metrics(self.journal, node.metrics_bind, node.metrics_port)
         self.server = start_server(self.config, self.receiver)
+        if self.api is not None:
+            self.api.start()
         self.assembler.start()
         self.deliverer.start()
         threading.Thread(target=self._dispatch_loop, name="dispatch", daemon=True).start()
@@ -81,6 +85,8 @@ class Node:
         self._dispatch_now.set()
         if self.server is not None:
             self.server.shutdown()
+        if self.api is not None:
+            self.api.stop()
         self.assembler.stop()
         self.deliverer.stop()
         self.dispatcher.close()

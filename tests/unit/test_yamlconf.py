@@ -95,6 +95,11 @@ def test_a_misspelt_key_gets_the_closest_known_one(tmp_path: Path) -> None:
         "'quiet_seconds'?)"]
 
 
+def test_an_api_port_needs_a_token(tmp_path: Path) -> None:
+    assert errors(tmp_path, VALID + "api:\n  port: 8042\n") == [
+        "16: api: api.port needs api.token_file: every request must carry its token"]
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("port: 11112", "port: eleven")) == [
         "2: node.port: Input should be a valid integer, unable to parse string as an integer"]
