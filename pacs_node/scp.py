@@ -247,11 +247,21 @@ class Receiver:
             self._reject(assoc, RJ_LIMIT, "limit", "%d associations are open, the most "
                          "allowed (%r from %s)", node.max_associations, calling, peer)
 
-    @staticmethod
-    def _reject(assoc: Association, rsd: tuple[int, int, int], reason: str, why: str,
+    def _reject(self, assoc: Association, rsd: tuple[int, int, int], reason: str, why: str,
                 *args: object) -> None:
+        """An A-ASSOCIATE-RJ, counted, logged and journaled: its row's status is the
+        reject's result, source and diagnostic as 0xRRSSDD (0x010103: calling AE title)."""
         metrics.ASSOCIATIONS_REJECTED.labels(reason).inc()
-        log.warning("association rejected: " + why, *args)
+        text = "association rejected: " + why % args
+        log.warning("%s", text)
+        request = assoc.requestor.primitive
+        try:
+            self.journal.reject(
+                calling_ae=request.calling_ae_title.strip() if request else "",
+                peer=assoc.requestor.address, sop_instance_uid=None,
+                status=rsd[0] << 16 | rsd[1] << 8 | rsd[2], reason=text)
+        except sqlite3.OperationalError as exc:  # a full disk: reject anyway
+            log.warning("the rejection is not journaled: %s", exc)
         assoc.acse.send_reject(*rsd)
         assoc.kill()  # waits until the A-ASSOCIATE-RJ has gone out, as pynetdicom's own path
 

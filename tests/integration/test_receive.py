@@ -86,8 +86,13 @@ def test_unknown_calling_ae_and_host_are_rejected(serve: Any, study_files: Any,
     assert accepted.returncode == 0, accepted.stderr
     assert len(journal_rows(node.data_dir, "SELECT * FROM instances")) == 1
     assert "association rejected: calling AE 'INTRUDER'" in node.log()
+    rejected_rows = journal_rows(node.data_dir, "SELECT calling_ae, status, reason "
+                                                "FROM rejections ORDER BY id")
+    assert [(r[0], r[1]) for r in rejected_rows] == [("INTRUDER", 0x010103),
+                                                     ("PACS1", 0x010107)]
+    assert "called AE 'NOTUS'" in rejected_rows[1][2]
     fault_table("a calling AE title not on the list; a called AE title not ours", "rejected "
-                "(A-ASSOCIATE-RJ, permanent), logged", stored_from_them=0)
+                "(A-ASSOCIATE-RJ, permanent), logged and journaled", stored_from_them=0)
 
 
 def test_bad_datasets_get_failure_statuses_and_journal_entries(
