@@ -394,6 +394,11 @@ class Journal:
         stored = rows[0]["process"] if rows else None
         return Process.model_validate_json(stored) if stored else None
 
+    def jobs_finished(self, since: float) -> list[dict[str, Any]]:
+        """Jobs that ended after `since` (a time.time()), oldest first."""
+        return [dict(r) for r in self._query(
+            "SELECT * FROM jobs WHERE finished_at > ? ORDER BY finished_at", (since,))]
+
     def job_dispatched(self, key: str, route: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET dispatched_at = ? WHERE study_key = ? AND route = ?",

@@ -164,15 +164,28 @@ class Node:
         DISPATCH_INTERVAL_S for what was deferred or lost. The association and completion
         threads only write the journal, so that a broker outage never holds up intake."""
         failures = LoopFailures(log, "dispatch")
+        reported = time.time()
         while not self._stop.is_set():
             self._dispatch_now.clear()
             try:
                 self.dispatch_pending()
+                if self.config.broker is not None:
+                    reported = self._log_outcomes(reported)
             except Exception as exc:
                 failures.failed(exc)
             else:
                 failures.succeeded()
             self._dispatch_now.wait(DISPATCH_INTERVAL_S)
+
+    def _log_outcomes(self, since: float) -> float:
+        """What the workers recorded (the embedded pool logs its own): a line per job that
+        ended since `since`; the time to look from next."""
+        for job in self.journal.jobs_finished(since):
+            error = f": {job['error']}" if job["error"] else ""
+            log.info("study %s: job %s %s%s", job["study_key"], job["route"], job["state"],
+                     error)
+            since = job["finished_at"]
+        return since
 
 
 def _redact(url: str) -> str:

@@ -99,6 +99,8 @@ def test_celery_worker_processes_the_study_like_the_embedded_pool(
     assert set(listed[0]["stages"]) == {"load", "preprocess", "inference", "postprocess",
                                         "writing"}  # the worker's stage timings
     assert "INFER s" in node.umsrep("studies", "--data-dir", str(node.data_dir)).stdout
+    # The node says how the worker's job ended (in broker mode it only queued it).
+    assert wait_until(lambda: "job chest done" in node.log(), timeout=15)
     # Its one pool process took every core the worker may use, and said so.
     threads = len(os.sched_getaffinity(0))
     assert re.search(rf"worker process \d+: torch on cpu, {threads} threads",
