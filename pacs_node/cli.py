@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pacs_node.config import Config
+from pacs_node.journal import STATES
 from umsrep_core.cli import add_model_commands
 from umsrep_core.errors import UmsrepError
 
@@ -59,11 +62,21 @@ def _config(args: argparse.Namespace) -> Config:
                                                                    **update})})
 
 
+def duration(text: str) -> float:
+    """An age as `umsrep studies --since` takes it (`90s`, `30m`, `12h`, `7d`), in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is no age: say 90s, 30m, 12h or 7d")
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
 def _studies(args: argparse.Namespace) -> int:
     from pacs_node.studies_cmd import list_studies  # noqa: PLC0415
 
     data_dir = _config(args).node.data_dir
-    return list_studies(data_dir, as_json=args.json, phi=args.phi)
+    since = None if args.since is None else time.time() - args.since
+    return list_studies(data_dir, as_json=args.json, phi=args.phi, states=args.state,
+                        since=since, route=args.route)
 
 
 def _outbox_retry(args: argparse.Namespace) -> int:
@@ -154,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     node_options(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--phi", action="store_true", help="also show patient name and ID")
+    p.add_argument("--state", action="append", choices=STATES,
+                   help="only studies in this state (again for more)")
+    p.add_argument("--since", type=duration, metavar="AGE",
+                   help="only studies received in the last AGE: 90s, 30m, 12h, 7d")
+    p.add_argument("--route", help="only studies a rule of this name routed")
 
     p = command("retry", _outbox_retry, "queue failed outbox items again (after fixing a "
                 "destination)")

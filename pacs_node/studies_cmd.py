@@ -1,4 +1,5 @@
-"""`umsrep studies`: what the journal knows of each study, without patient data by default."""
+"""`umsrep studies`: what the journal knows of each study, without patient data by default;
+filtered by state, age and route; each study's findings in the table and the JSON."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
     # The first time each state was entered: the stage timings of the study.
     reached: dict[str, float] = {}
     resent = {"duplicate": 0, "conflict": 0}  # instances received again (scp: never over)
+    findings = []  # per image: label, probability, measurements (workers.pipeline)
     for event in journal.events(study.study_key):
         reached.setdefault(event["state"], event["at"])
         if event["state"] in resent:
             resent[event["state"]] += 1
+        elif event["state"] == "findings":
+            findings.append(json.loads(event["detail"]))
     outbox: dict[str, int] = {}
     for item in journal.outbox(study.study_key):
         outbox[item["state"]] = outbox.get(item["state"], 0) + 1
@@ -43,6 +47,7 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "jobs": [{k: j[k] for k in ("route", "queue", "state", "started_at", "finished_at",
                                     "error")} for j in journal.jobs(study.study_key)],
         "outbox": outbox,
+        "findings": findings,
     }
     if phi:
         instances = journal.instances(study.study_key)
@@ -52,7 +57,11 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
     return report
 
 
-def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False) -> int:
+def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False,
+                 states: list[str] | None = None, since: float | None = None,
+                 route: str | None = None) -> int:
+    """The studies, those in `states`, created after `since` (a time.time()) and routed by
+    `route` (one of a study's rules) where given."""
     path = journal_path(data_dir)
     if not path.exists():
         print(f"no journal at {path}: nothing received yet")
@@ -60,13 +69,22 @@ def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False) ->
     journal = Journal(path)
     counts = journal.counts()
     reports = [study_report(journal, s, counts.get(s.study_key, 0), phi)
-               for s in journal.studies()]
+               for s in journal.studies(tuple(states) if states else None)
+               if (since is None or s.created_at >= since)
+               and (route is None or route in (s.route or "").split(","))]
     journal.close()
     if as_json:
         print(json.dumps(reports, indent=2))
         return 0
     print(format_table(reports, phi))
     return 0
+
+
+def _finding(finding: dict[str, Any]) -> str:
+    """`pneumonia 0.82`: an image's label and its probability."""
+    probability = finding.get("probability")
+    label = str(finding.get("label") or "-")
+    return f"{label} {probability:.2f}" if isinstance(probability, float) else label
 
 
 def _stage(report: dict[str, Any], start: str, end: str) -> str:
@@ -76,7 +94,7 @@ def _stage(report: dict[str, Any], start: str, end: str) -> str:
 
 def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
     header = ["STUDY KEY", "STATE", "INST", "DUP", "CONFLICT", "ROUTE", "RECEIVED", "WAIT s",
-              "QUEUE s", "RUN s", "INFER s", "OUTBOX", "REASON"]
+              "QUEUE s", "RUN s", "INFER s", "OUTBOX", "FINDINGS", "REASON"]
     if phi:
         header[1:1] = ["PATIENT", "ID"]
     rows = []
@@ -90,7 +108,8 @@ def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
             _stage(r, "processing", finished) if finished else "-",
             f"{r['stages']['inference']:.2f}" if "inference" in r["stages"] else "-",
             " ".join(f"{k}:{v}" for k, v in sorted(r["outbox"].items())) or "-",
-            (r["reason"] or "")[:60],
+            ", ".join(_finding(f) for f in r["findings"]) or "-",
+            r["reason"] or "",  # whole: the last column
         ]
         if phi:
             row[1:1] = [r.get("PatientName", ""), r.get("PatientID", "")]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,33 @@ def test_samples_write_a_new_study_each_time_unless_seeded(
 
     assert study() != study()
     assert study("--seed", "7") == study("--seed", "7")
+
+
+def test_studies_filter_by_state_age_and_route_and_show_findings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    chest = add(journal, "1.2.3.1.1", study="1.2.3")
+    journal.set_state(chest, "done", route="chest-xray,archive")
+    journal.note(chest, "findings", json.dumps({"label": "pneumonia", "probability": 0.82}))
+    long_reason = "job chest-xray failed: InferenceError: " + "cannot decode pixel data, " * 4 + "."
+    other = add(journal, "1.2.4.1.1", study="1.2.4")
+    journal.set_state(other, "failed", route="echo", reason=long_reason)
+    journal.close()
+
+    def studies(*args: str) -> list[dict[str, Any]]:
+        assert main(["studies", "--data-dir", str(tmp_path), "--json", *args]) == 0
+        return list(json.loads(capsys.readouterr().out))
+
+    assert [s["study_key"] for s in studies("--state", "done")] == [chest]
+    assert [s["study_key"] for s in studies("--state", "done", "--state", "failed")] == [
+        chest, other]
+    assert [s["study_key"] for s in studies("--route", "archive")] == [chest]
+    assert len(studies("--since", "1h")) == 2
+    assert studies("--state", "done")[0]["findings"] == [{"label": "pneumonia",
+                                                          "probability": 0.82}]
+    assert main(["studies", "--data-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "pneumonia 0.82" in table and long_reason in table  # the reason whole
+    with pytest.raises(SystemExit):
+        main(["studies", "--data-dir", str(tmp_path), "--since", "yesterday"])
+    assert "'yesterday' is no age" in capsys.readouterr().err
