@@ -90,6 +90,26 @@ def _outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reprocess(args: argparse.Namespace) -> int:
+    from pacs_node.journal import Journal, journal_path  # noqa: PLC0415
+
+    journal = Journal(journal_path(_config(args).node.data_dir))
+    try:
+        study = journal.study(args.study_key)
+        if study is None:
+            print(f"umsrep reprocess: no study {args.study_key}", file=sys.stderr)
+            return 1
+        if not journal.reprocess(args.study_key):
+            print(f"umsrep reprocess: study {args.study_key} is {study.state}, not ended: "
+                  "nothing to do yet", file=sys.stderr)
+            return 1
+    finally:
+        journal.close()
+    print(f"study {args.study_key}: receiving again; a running node routes it when its quiet "
+          "period is over")
+    return 0
+
+
 def _routes_check(args: argparse.Namespace) -> int:
     from pacs_node import routes_cmd  # noqa: PLC0415
 
@@ -172,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=duration, metavar="AGE",
                    help="only studies received in the last AGE: 90s, 30m, 12h, 7d")
     p.add_argument("--route", help="only studies a rule of this name routed")
+
+    p = command("reprocess", _reprocess, "route and process again a study that ended (done, "
+                "failed, skipped, ignored)")
+    node_options(p)
+    p.add_argument("study_key", help="as `umsrep studies` lists it: <StudyInstanceUID>@<n>")
 
     p = command("retry", _outbox_retry, "queue failed outbox items again (after fixing a "
                 "destination)")

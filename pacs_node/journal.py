@@ -306,6 +306,24 @@ class Journal:
                 self._event(db, key, state, reason, now)
         return moved
 
+    def reprocess(self, key: str) -> bool:
+        """A study version that ended (done, failed, skipped, ignored) receives again, its
+        jobs gone: a node completes it after its quiet period and routes it by the rules it
+        has then. Outputs already delivered are not sent again (the outbox sends a file to a
+        destination once). Whether it was one that had ended."""
+        now = time.time()
+        with self._tx() as db:
+            if not db.execute("UPDATE studies SET state = 'receiving', route = NULL, "
+                              "reason = NULL, updated_at = ?, last_instance_at = ? "
+                              "WHERE study_key = ? AND state IN "
+                              "('done', 'failed', 'skipped', 'ignored')",
+                              (now, now, key)).rowcount:
+                return False
+            db.execute("DELETE FROM jobs WHERE study_key = ?", (key,))
+            self._event(db, key, "receiving", "reprocessing asked: routed again when complete",
+                        now)
+        return True
+
     def note(self, key: str, step: str, detail: str | None = None) -> None:
         """Record a step of a study's work that is not a state change (timings, outcomes)."""
         with self._tx() as db:

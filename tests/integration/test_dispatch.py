@@ -18,6 +18,7 @@ import pytest
 import redis
 import yaml
 
+from pacs_node import cli
 from pacs_node.config import Config, Process
 from pacs_node.journal import Journal
 from pacs_node.node import Node
@@ -239,3 +240,27 @@ def test_a_failed_job_keeps_no_value_its_error_quoted(tmp_path: Path,
     assert reason in caplog.text and "1970" not in caplog.text
     assert not any("1970" in str(e.get("detail") or "") for e in node.journal.events(key))
     node.journal.close()
+
+
+def test_a_failed_study_is_reprocessed_on_request(running: Any, study_files: Any,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`umsrep reprocess` against a running node: the study is routed and run again, by the
+    rules and models the node has now (here: a handler that no longer fails)."""
+    tries: list[str] = []
+
+    def handler(journal: Journal, config: Config, study_key: str, route: str) -> None:
+        tries.append(study_key)
+        if len(tries) == 1:
+            raise ValueError("the bundle was broken")
+
+    node = running(handler=handler)
+    assert storescu(node.port, study_files("cr")).returncode == 0
+    [study] = wait_until(lambda: [s for s in node.journal.studies() if s.state == "failed"])
+    data_dir = str(node.config.node.data_dir)
+    assert cli.main(["reprocess", "--data-dir", data_dir, study.study_key]) == 0
+    assert "receiving again" in capsys.readouterr().out
+    assert wait_until(lambda: node.journal.study(study.study_key).state == "done")  # type: ignore[union-attr]
+    assert tries == [study.study_key] * 2
+    assert [s.study_key for s in node.journal.studies()] == [study.study_key]  # no new version
+    assert cli.main(["reprocess", "--data-dir", data_dir, "1.2.3@1"]) == 1
+    assert "no study 1.2.3@1" in capsys.readouterr().err
