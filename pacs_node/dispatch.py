@@ -20,10 +20,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from pacs_node.config import Broker, Config
-from pacs_node.journal import Journal
+from pacs_node.config import Broker, Config, Process
+from pacs_node.journal import Instance, Journal, Study
 from umsrep_core.errors import DeliveryError, StudySkipped, TransientError, UmsrepError
 from umsrep_core.phi import describe
 
@@ -38,9 +39,28 @@ BROKER_TIMEOUT_S = 5.0  # to connect to the broker, and for each of its answers
 # stopped) before the job is failed instead of tried again.
 LOST_TRIES = 3
 
-# handler(journal, config, study_key, route): the journal and config of the process running
-# it, the node's (embedded pool) or the worker's.
-Handler = Callable[[Journal, Config, str, str], None]
+class JobJournal(Protocol):
+    """What a job reads and writes of the journal: the node's own (`Journal`: the embedded pool,
+    and workers beside the node) or the node's over its API (`workers.remote_journal`)."""
+
+    def jobs(self, key: str | None = None) -> list[dict[str, Any]]: ...
+    def lost_tries(self, key: str, route: str) -> int: ...
+    def start_job(self, key: str, route: str) -> bool: ...
+    def finish_job(self, key: str, route: str, error: str | None = None,
+                   skipped: str | None = None) -> None: ...
+    def note(self, key: str, step: str, detail: str | None = None) -> None: ...
+    def note_stage(self, key: str, stage: str, seconds: float, more: str = "") -> None: ...
+    def stage_seconds(self, key: str, since: float = 0.0) -> dict[str, float]: ...
+    def job_process(self, key: str, route: str) -> Process | None: ...
+    def study(self, key: str) -> Study | None: ...
+    def instances(self, key: str) -> list[Instance]: ...
+    def enqueue(self, key: str, destination: str, paths: list[Path]) -> int: ...
+    def close(self) -> None: ...
+
+
+# handler(journal, config, study_key, route): the journal of the job and the config of the
+# process running it, the node's (embedded pool) or the worker's.
+Handler = Callable[[JobJournal, Config, str, str], None]
 
 
 # OS errors of a full, failing or busy disk or system, not of a wrong path or permission.
@@ -88,7 +108,7 @@ def installed_handler(name: str = TASK_NAME) -> Handler | None:
     return None
 
 
-def run_job(journal: Journal, config: Config, study_key: str, route: str,
+def run_job(journal: JobJournal, config: Config, study_key: str, route: str,
             handler: Handler | None, *, attempt: int = 1, attempts: int = 1) -> str | None:
     """Run try `attempt` of `attempts` of one job and record it in the journal (both dispatch
     paths); returns the job's outcome (done, skipped, failed), None if it had already ended
@@ -141,7 +161,7 @@ def run_job(journal: Journal, config: Config, study_key: str, route: str,
     return outcome
 
 
-def _note_retry(journal: Journal, study_key: str, route: str, detail: str) -> None:
+def _note_retry(journal: JobJournal, study_key: str, route: str, detail: str) -> None:
     log.warning("study %s: job %s %s", study_key, route, detail)
     try:
         journal.note(study_key, "retry", f"job {route} {detail}")

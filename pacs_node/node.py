@@ -52,7 +52,8 @@ class Node:
                                     handler or installed_handler(),
                                     after_job=self.deliverer.wake))
         self.server: BoundedServer | None = None
-        self.api = ApiServer(config.api, self.journal) if config.api.port is not None else None
+        self.api = (ApiServer(config.api, self.journal, data_dir)
+                    if config.api.port is not None else None)
         self._stop = threading.Event()
         self._dispatch_now = threading.Event()
 

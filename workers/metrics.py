@@ -27,7 +27,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from pacs_node.journal import Journal
+from pacs_node.dispatch import JobJournal
+from umsrep_core.errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,15 @@ STAGE_SECONDS = Histogram("umsrep_stage_seconds", "Seconds of one stage of a stu
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 
 
-def record(journal: Journal, study_key: str, pipeline: str, outcome: str,
+def record(journal: JobJournal, study_key: str, pipeline: str, outcome: str,
            since: float) -> None:
     """Count one try of a job, and the stage durations the journal noted since it began."""
     assert outcome in OUTCOMES, outcome
     TASKS.labels(pipeline=pipeline, outcome=outcome).inc()
     try:
         stages = journal.stage_seconds(study_key, since=since)
-    except sqlite3.Error as exc:  # a failing journal may be why the try failed: count it anyway
+    except (sqlite3.Error, TransientError) as exc:  # a failing journal or node API may be
+        # why the try failed: the try is counted all the same
         log.warning("study %s: stage seconds not read from the journal: %s", study_key, exc)
         return
     for stage, seconds in stages.items():

@@ -23,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pacs_node.config import Config, Process
-from pacs_node.journal import Journal
+from pacs_node.dispatch import JobJournal
 from pacs_node.spool import file_name, write_durably
 from umsrep_core.errors import RoutingError, StudySkipped
 from umsrep_core.inference import Prediction, Predictor, default_device
@@ -75,7 +75,7 @@ def frames_of(ds: Dataset) -> list[Dataset]:
     return [build_frame_image(ds, n) for n in range(1, count + 1)]
 
 
-def job_process(journal: Journal, config: Config, study_key: str, route: str) -> Process:
+def job_process(journal: JobJournal, config: Config, study_key: str, route: str) -> Process:
     """The settings the job was queued with; the rule's current ones for a job that an older
     version queued without them."""
     process = journal.job_process(study_key, route)
@@ -119,7 +119,7 @@ def write_output(ds: Dataset, folder: Path) -> Path:
     return path
 
 
-def process_study(journal: Journal, config: Config, study_key: str, route: str) -> None:
+def process_study(journal: JobJournal, config: Config, study_key: str, route: str) -> None:
     process = job_process(journal, config, study_key, route)
     started = time.perf_counter()
     model = predictor(process.bundle or process.pipeline)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pacs_node.dispatch import TASK_NAME, run_job
+from pacs_node.dispatch import TASK_NAME, JobJournal, run_job
 from pacs_node.journal import Journal, journal_path
 from umsrep_core.errors import TransientError, UmsrepError
 from workers import metrics
 from workers.app import app, settings
 from workers.pipeline import process_study as pipeline
+from workers.remote_journal import RemoteJournal
 
 MAX_RETRIES = 8  # waits of up to 20 min in all (10 on average): time for an operator to act
 RETRY_BACKOFF_S = 5
@@ -39,7 +40,10 @@ def process_study(self: Any, study_key: str, route: str) -> str | None:
     """Returns the job's outcome (done, skipped; None if it had already ended); raises
     JobFailed when it failed."""
     config = settings()
-    journal = Journal(journal_path(config.node.data_dir))
+    # The node's journal over its API when the worker runs elsewhere (UMSREP_NODE_URL),
+    # else the node's data directory, shared.
+    journal: JobJournal = (RemoteJournal.from_environment(config.node.data_dir)
+                           or Journal(journal_path(config.node.data_dir)))
     began = time.time()
     queue = str(self.request.delivery_info.get("routing_key", ""))  # the route's pipeline
     try:

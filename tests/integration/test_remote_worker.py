@@ -1,0 +1,57 @@
+"""A Celery worker that uses the node's API only (UMSREP_NODE_URL): its config names the
+broker and a scratch folder of its own, not the node's data directory; the study comes by
+WADO-RS, the journal calls and the outputs go back over HTTP, and the node delivers them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from pacs_node import samples
+from tests.conftest import free_port, storescu, wait_until
+from tests.integration import test_celery
+from tests.integration.test_celery import REDIS_URL, config_with, outputs
+
+pytestmark = pytest.mark.integration
+
+worker = test_celery.worker  # `celery -A workers.app worker -Q cxr -c 1`, log in tmp_path
+
+TOKEN = "remote-worker-token-0123456789"
+
+
+def test_a_worker_with_only_the_node_api_processes_a_study(serve: Any, worker: Any,
+                                                           tmp_path: Path) -> None:
+    redis.Redis.from_url(REDIS_URL).delete("cxr")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    api_port = free_port()
+    config = config_with(tmp_path, "node", broker=True)
+    config["api"] = {"port": api_port, "token_file": str(token_file)}
+    node = serve(config, data_dir=tmp_path / "node")
+    scratch = tmp_path / "worker-scratch"
+    worker_config = tmp_path / "worker.yaml"  # the broker and a folder of its own: no more
+    worker_config.write_text(yaml.safe_dump({"broker": {"url": REDIS_URL},
+                                             "node": {"data_dir": str(scratch)}}))
+    worker(worker_config, env={"UMSREP_NODE_URL": f"http://127.0.0.1:{api_port}",
+                               "UMSREP_NODE_TOKEN_FILE": str(token_file)})
+
+    files = samples.write_study(tmp_path / "cr", "cr", 14, 2, rows=256, columns=256)
+    assert storescu(node.port, files).returncode == 0
+    wait_until(lambda: len(outputs(node.data_dir)) == 4, timeout=120)  # SEG and SR of each
+    [study] = json.loads(node.umsrep("studies", "--data-dir", str(node.data_dir),
+                                     "--json").stdout)
+    assert study["state"] == "done"
+    assert set(study["stages"]) == {"load", "preprocess", "inference", "postprocess",
+                                    "writing"}  # noted by the worker, through the node
+    assert len(study["findings"]) == 2
+    assert not (scratch / "journal.db").exists()  # it opened no journal of its own
+    fetched = sorted(p.read_bytes() for p in (scratch / "instances").rglob("*.dcm"))
+    spooled = sorted(p.read_bytes() for p in (node.data_dir / "spool").rglob("*.dcm"))
+    assert fetched == spooled  # the study as the node received it, by WADO-RS
+    kept = sorted(p.name for p in (node.data_dir / "outputs").rglob("*.dcm"))
+    assert kept == sorted(outputs(node.data_dir))  # the node keeps what it delivers
