@@ -41,6 +41,7 @@ class RemoteJournal:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{URL_VARIABLE} {url!r}: an http:// or https:// URL is needed")
         self.url, self.token, self.scratch = url.rstrip("/"), token, scratch
+        self._fetched: list[Path] = []  # folders of instances, deleted by close()
 
     @classmethod
     def from_environment(cls, scratch: Path) -> RemoteJournal | None:
@@ -113,6 +114,7 @@ class RemoteJournal:
         folder = self.scratch / "instances" / file_name(study.study_uid) / str(study.version)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+        self._fetched.append(folder)
         fetched = []
         for row in self._call("instances", key=key):
             path = folder / f"{file_name(row['sop_instance_uid'])}.dcm"
@@ -147,4 +149,7 @@ class RemoteJournal:
         return int(json.loads(answer)["stored"])
 
     def close(self) -> None:
-        """Nothing is held open between calls."""
+        """The task is over: the instances it fetched go (no connection is held open)."""
+        for folder in self._fetched:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._fetched.clear()

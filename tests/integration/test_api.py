@@ -84,3 +84,49 @@ def dataset_bytes_of(part: bytes) -> bytes:
     """A part's bytes after its file meta."""
     meta_length = int.from_bytes(part[140:144], "little")
     return part[132 + 12 + meta_length:]
+
+
+def post(url: str, body: bytes, content_type: str = "application/json",
+         token: str | None = TOKEN) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body)
+    request.add_header("Content-Type", content_type)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_job_api_takes_only_its_calls_and_keeps_outputs_in_their_folder(
+        serve: Any, study_files: Any, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    node = serve(node_config(tmp_path / "data", 0, api={"port": port,
+                                                        "token_file": str(token_file)}))
+    assert storescu(node.port, study_files("cr", rows=64, columns=64)).returncode == 0
+    [(key,)] = wait_until(lambda: journal_rows(node.data_dir, "SELECT study_key FROM studies"))
+    api = f"http://127.0.0.1:{port}/api"
+
+    status, answer = post(f"{api}/journal/study", json.dumps({"key": key}).encode())
+    assert status == 200 and answer["result"]["study_key"] == key
+    assert post(f"{api}/journal/study", b"{}", token=None)[0] == 401
+    assert post(f"{api}/journal/set_state", json.dumps({"key": key}).encode()) == (
+        404, {"error": "no job call set_state"})  # only what a job calls
+    status, answer = post(f"{api}/journal/study", json.dumps({"nope": 1}).encode())
+    assert status == 400 and answer["error"].startswith("study: TypeError")
+
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n"
+            "Content-Location: ../../../escaped.dcm\r\n\r\n").encode() + b"DICM-ish" + \
+        f"\r\n--{boundary}--\r\n".encode()
+    status, answer = post(f"{api}/studies/{key}/outputs", body,
+                          f'multipart/related; type="application/dicom"; boundary={boundary}')
+    assert (status, answer) == (200, {"stored": 1})
+    [kept] = list((node.data_dir / "outputs").rglob("*.dcm"))
+    assert kept.name == "escaped.dcm" and kept.read_bytes() == b"DICM-ish"
+    assert not list(tmp_path.glob("escaped*")) and not list(node.data_dir.glob("escaped*"))
+    assert post(f"{api}/studies/1.2.3@1/outputs", body,
+                f'multipart/related; type="application/dicom"; boundary={boundary}')[0] == 404
