@@ -32,6 +32,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,7 +43,7 @@ from tornado.web import Application, HTTPError, RequestHandler
 
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Api
-from pacs_node.journal import Instance, Journal
+from pacs_node.journal import Instance, Journal, study_key
 from pacs_node.sender import server_tls_context
 from pacs_node.spool import file_name, write_durably
 from umsrep_core.errors import ConfigError
@@ -108,9 +109,7 @@ class Outputs(Authenticated):
         study = self.journal.study(key)
         if study is None:
             raise HTTPError(404, f"no study {key}")
-        content_type = self.request.headers.get("Content-Type", "")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {content_type}\r\n\r\n".encode() + self.request.body)
+        message = multipart(self.request.headers.get("Content-Type", ""), self.request.body)
         if message.get_content_type() != "multipart/related":
             raise HTTPError(415, "multipart/related of application/dicom parts is expected")
         folder = self.data_dir / "outputs" / file_name(study.study_uid)
@@ -156,10 +155,17 @@ class Retrieve(Authenticated):
         if asked is None:
             study = self.journal.latest(study_uid)
         elif asked.isdigit():
-            study = self.journal.study(f"{study_uid}@{int(asked)}")
+            study = self.journal.study(study_key(study_uid, int(asked)))
         else:
             raise HTTPError(400, "version is a whole number")
         return [] if study is None else self.journal.instances(study.study_key)
+
+
+def multipart(content_type: str, body: bytes) -> EmailMessage:
+    """An HTTP body of that content type, read by the standard library's MIME parser: the
+    parts of a multipart/related one are its `iter_parts()` (both ends of this API)."""
+    return email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
 
 
 def _writer(data: bytes) -> Callable[[BinaryIO], object]:

@@ -258,13 +258,18 @@ class Journal:
             "        AND (state != 'pending' OR attempts > 0))", (key, key)).fetchone()[0]
         if touched:
             return False
-        db.execute("DELETE FROM jobs WHERE study_key = ?", (key,))
         db.execute("DELETE FROM outbox WHERE study_key = ?", (key,))
-        db.execute("UPDATE studies SET state = 'receiving', route = NULL, reason = NULL, "
-                   "updated_at = ? WHERE study_key = ?", (now, key))
-        self._event(db, key, "receiving", "an instance arrived before any of its jobs "
-                                          "started: routing undone, receiving again", now)
+        self._receive_again(db, key, now, "an instance arrived before any of its jobs "
+                                          "started: routing undone, receiving again")
         return True
+
+    def _receive_again(self, db: sqlite3.Connection, key: str, now: float, why: str) -> None:
+        """A routed version back to receiving, its jobs gone, as if an instance arrived now:
+        the assembler completes it after its quiet period, and it is routed anew."""
+        db.execute("DELETE FROM jobs WHERE study_key = ?", (key,))
+        db.execute("UPDATE studies SET state = 'receiving', route = NULL, reason = NULL, "
+                   "updated_at = ?, last_instance_at = ? WHERE study_key = ?", (now, now, key))
+        self._event(db, key, "receiving", why, now)
 
     def reject(self, *, calling_ae: str, peer: str, sop_instance_uid: str | None, status: int,
                reason: str) -> None:
@@ -311,17 +316,12 @@ class Journal:
         jobs gone: a node completes it after its quiet period and routes it by the rules it
         has then. Outputs already delivered are not sent again (the outbox sends a file to a
         destination once). Whether it was one that had ended."""
-        now = time.time()
         with self._tx() as db:
-            if not db.execute("UPDATE studies SET state = 'receiving', route = NULL, "
-                              "reason = NULL, updated_at = ?, last_instance_at = ? "
-                              "WHERE study_key = ? AND state IN "
-                              "('done', 'failed', 'skipped', 'ignored')",
-                              (now, now, key)).rowcount:
+            row = db.execute("SELECT state FROM studies WHERE study_key = ?", (key,)).fetchone()
+            if row is None or row["state"] not in ("done", "failed", "skipped", "ignored"):
                 return False
-            db.execute("DELETE FROM jobs WHERE study_key = ?", (key,))
-            self._event(db, key, "receiving", "reprocessing asked: routed again when complete",
-                        now)
+            self._receive_again(db, key, time.time(),
+                                "reprocessing asked: routed again when complete")
         return True
 
     def note(self, key: str, step: str, detail: str | None = None) -> None:

@@ -10,8 +10,6 @@ token in the file UMSREP_NODE_TOKEN_FILE; its own config then needs only the bro
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pacs_node.api import multipart
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Process
 from pacs_node.journal import Instance, Study
@@ -129,9 +128,7 @@ class RemoteJournal:
             study.study_uid, "series", row["series_uid"], "instances", row["sop_instance_uid"]))
         content_type, answer = self._request(f"/dicomweb/studies/{uids}"
                                              f"?version={study.version}")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {content_type}\r\n\r\n".encode() + answer)
-        [part] = list(message.iter_parts())
+        [part] = list(multipart(content_type, answer).iter_parts())
         payload = part.get_payload(decode=True)
         assert isinstance(payload, bytes)
         return payload
