@@ -14,7 +14,8 @@ its own, files streamed a part at a time.
 Workers on other hosts use two more endpoints (`workers.remote_journal`), so that none touches
 the node's SQLite or spool:
 
-    POST /api/journal/{method}              a job's journal calls (JOB_CALLS), JSON in and out
+    POST /api/journal/{method}              a job's journal calls (JOB_CALLS), JSON in and out;
+                                            409 to a try whose job was given to another
     POST /api/studies/{key}/outputs?destination=NAME
                                             a job's outputs, multipart/related like STOW-RS:
                                             kept in the node's outputs folder, queued to NAME
@@ -46,7 +47,7 @@ from pacs_node.config import Api
 from pacs_node.journal import Instance, Journal, study_key
 from pacs_node.sender import server_tls_context
 from pacs_node.spool import file_name, write_durably
-from umsrep_core.errors import ConfigError
+from umsrep_core.errors import ClaimLost, ConfigError
 from umsrep_core.phi import describe
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def read_token(path: Path) -> str:
 
 # The journal calls a job makes (pacs_node.dispatch.run_job, workers.pipeline, the worker's
 # metrics), and the JSON their answers become.
-JOB_CALLS = ("jobs", "lost_tries", "start_job", "finish_job", "note", "note_stage",
-             "job_process", "study", "instances", "stage_seconds")
+JOB_CALLS = ("jobs", "lost_tries", "start_job", "heartbeat", "finish_job", "note",
+             "note_stage", "job_process", "study", "instances", "stage_seconds")
 
 
 class Authenticated(RequestHandler):
@@ -98,6 +99,8 @@ class JobCall(Authenticated):
             result = getattr(self.journal, method)(**kwargs)
         except (TypeError, ValueError) as exc:
             raise HTTPError(400, f"{method}: {describe(exc)}") from exc
+        except ClaimLost as exc:  # the try was silent and the job given to another
+            raise HTTPError(409, str(exc)) from exc
         self.finish({"result": _plain(result)})
 
 

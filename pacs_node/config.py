@@ -83,6 +83,9 @@ class Node(Strict):
     max_image_pixels: int = Field(default=300_000_000, ge=1)  # rows x columns x frames
     min_free_disk_mb: int = Field(default=1024, ge=0)
     embedded_workers: int = Field(default=2, ge=1)  # the in-process pool, with no broker
+    # A job whose running try sent no heartbeat this long (every 5 s while it runs) is given
+    # to another try: its worker was killed, or its host is down or cut off the network.
+    heartbeat_timeout_s: float = Field(default=60.0, ge=15.0)
     # Prometheus metrics on http://<metrics_bind>:<metrics_port>/metrics; None: not served.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_bind: str = "127.0.0.1"

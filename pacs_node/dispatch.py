@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from pacs_node.config import Broker, Config, Process
 from pacs_node.journal import Instance, Journal, Study
-from umsrep_core.errors import DeliveryError, StudySkipped, TransientError, UmsrepError
+from umsrep_core.errors import ClaimLost, DeliveryError, StudySkipped, TransientError, UmsrepError
 from umsrep_core.phi import describe
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ BROKER_TIMEOUT_S = 5.0  # to connect to the broker, and for each of its answers
 # Tries of one job that may die with their process (a worker killed, out of memory, the node
 # stopped) before the job is failed instead of tried again.
 LOST_TRIES = 3
+# A running try tells the journal it is alive this often; the node gives a job whose try is
+# silent for node.heartbeat_timeout_s to another try (Journal.requeue_silent).
+HEARTBEAT_S = 5.0
 
 class JobJournal(Protocol):
     """What a job reads and writes of the journal: the node's own (`Journal`: the embedded pool,
@@ -45,9 +48,10 @@ class JobJournal(Protocol):
 
     def jobs(self, key: str | None = None) -> list[dict[str, Any]]: ...
     def lost_tries(self, key: str, route: str) -> int: ...
-    def start_job(self, key: str, route: str) -> bool: ...
+    def start_job(self, key: str, route: str) -> str | None: ...
+    def heartbeat(self, key: str, route: str, claim: str) -> bool: ...
     def finish_job(self, key: str, route: str, error: str | None = None,
-                   skipped: str | None = None) -> None: ...
+                   skipped: str | None = None, claim: str | None = None) -> None: ...
     def note(self, key: str, step: str, detail: str | None = None) -> None: ...
     def note_stage(self, key: str, stage: str, seconds: float, more: str = "") -> None: ...
     def stage_seconds(self, key: str, since: float = 0.0) -> dict[str, float]: ...
@@ -118,8 +122,11 @@ def run_job(journal: JobJournal, config: Config, study_key: str, route: str,
     redelivered after a worker died costs nothing; one whose tries died unfinished
     LOST_TRIES times is failed (TriesLost). A transient error with tries left is noted in the
     journal and raised as TransientError for the caller to try again later; the job is not
-    ended meanwhile. Any other error, or one on the last try, fails the job.
+    ended meanwhile. Any other error, or one on the last try, fails the job. While the
+    handler runs, a thread sends heartbeats; a try that was silent too long finds its job
+    given to another (ClaimLost) and ends nothing: what it did is dropped.
     """
+    claim = None
     try:
         finished = [j for j in journal.jobs(study_key)
                     if j["route"] == route and j["state"] in ("done", "skipped", "failed")]
@@ -131,7 +138,8 @@ def run_job(journal: JobJournal, config: Config, study_key: str, route: str,
             raise TriesLost(f"{lost} tries died with their process before they ended (a "
                             "worker killed or out of memory, the node stopped): not tried "
                             "again")
-        if not journal.start_job(study_key, route):
+        claim = journal.start_job(study_key, route)
+        if claim is None:
             log.info("study %s: job %s is no longer queued (the study received more)",
                      study_key, route)
             return None
@@ -141,10 +149,15 @@ def run_job(journal: JobJournal, config: Config, study_key: str, route: str,
                               f"{HANDLER_GROUP}): install the workers")
         skipped = None
         try:
-            handler(journal, config, study_key, route)
+            with Heartbeats(journal, study_key, route, claim):
+                handler(journal, config, study_key, route)
         except StudySkipped as exc:
             skipped = str(exc)
-        journal.finish_job(study_key, route, skipped=skipped)  # in the try: it may be locked
+        # in the try: it may be locked
+        journal.finish_job(study_key, route, skipped=skipped, claim=claim)
+    except ClaimLost:
+        _given_away(study_key, route)
+        return None
     except Exception as exc:  # the outcome is recorded, whatever it is
         reason = describe(exc)  # scrubbed: the journal and logs keep no patient data
         if is_transient(exc):
@@ -154,11 +167,49 @@ def run_job(journal: JobJournal, config: Config, study_key: str, route: str,
                 raise TransientError(reason) from exc
             reason += f" (transient; gave up after try {attempt} of {attempts})"
         log.error("study %s: job %s failed: %s", study_key, route, reason)
-        journal.finish_job(study_key, route, error=reason)
+        try:
+            journal.finish_job(study_key, route, error=reason, claim=claim)
+        except ClaimLost:
+            _given_away(study_key, route)
+            return None
         return "failed"
     outcome = "skipped" if skipped is not None else "done"
     log.info("study %s: job %s %s%s", study_key, route, outcome, f": {skipped}" if skipped else "")
     return outcome
+
+
+def _given_away(study_key: str, route: str) -> None:
+    log.warning("study %s: job %s was given to another try while this one was silent: this "
+                "try's outcome is dropped", study_key, route)
+
+
+class Heartbeats:
+    """While a try runs, a thread tells the journal every HEARTBEAT_S that it is alive. A
+    heartbeat that fails (the node out of reach a while) is logged, and the next one tried."""
+
+    def __init__(self, journal: JobJournal, study_key: str, route: str, claim: str) -> None:
+        self.journal, self.study_key, self.route, self.claim = journal, study_key, route, claim
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_S):
+            try:
+                if not self.journal.heartbeat(self.study_key, self.route, self.claim):
+                    log.warning("study %s: job %s is no longer this try's", self.study_key,
+                                self.route)
+                    return
+            except Exception as exc:  # a beat missed is no failure of the job
+                log.warning("study %s: heartbeat of job %s not sent: %s", self.study_key,
+                            self.route, describe(exc))
 
 
 def _note_retry(journal: JobJournal, study_key: str, route: str, detail: str) -> None:

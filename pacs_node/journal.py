@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Process
+from umsrep_core.errors import ClaimLost
 
 STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ignored",
           "skipped")
@@ -83,6 +85,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     error TEXT,
+    claim TEXT,  -- the running try's, from start_job: a try given up on can end nothing
+    heartbeat_at REAL,  -- the running try's last sign of life
     PRIMARY KEY (study_key, route)
 );
 CREATE TABLE IF NOT EXISTS rejections (
@@ -169,9 +173,11 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)  # idempotent; executescript manages its own commit
+        # Columns a journal of an earlier version lacks: settings kept per job, claims.
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        if "process" not in columns:  # a journal of a version before jobs kept their settings
-            self._db.execute("ALTER TABLE jobs ADD COLUMN process TEXT")
+        for column, kind in (("process", "TEXT"), ("claim", "TEXT"), ("heartbeat_at", "REAL")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -448,28 +454,58 @@ class Journal:
                 running = False
         return lost + running
 
-    def start_job(self, key: str, route: str) -> bool:
-        """Start a queued job (or one whose try died: redelivered); False if there is no such
-        job: its study received more before it started, and its routing was undone."""
-        now = time.time()
+    def start_job(self, key: str, route: str) -> str | None:
+        """Start a queued job (or one whose try died: redelivered) and return the new try's
+        claim; None if there is no such job: its study received more before it started, and
+        its routing was undone. A try whose claim was taken over ends nothing (finish_job)."""
+        now, claim = time.time(), uuid.uuid4().hex
         with self._tx() as db:
             if not db.execute("UPDATE jobs SET state = 'processing', started_at = ?, "
-                              "error = NULL WHERE study_key = ? AND route = ? "
+                              "heartbeat_at = ?, claim = ?, error = NULL "
+                              "WHERE study_key = ? AND route = ? "
                               "AND state IN ('queued', 'processing')",
-                              (now, key, route)).rowcount:
-                return False
+                              (now, now, claim, key, route)).rowcount:
+                return None
             self._set_study_from_jobs(db, key, now, f"job {route} started")
-            return True
+            return claim
+
+    def heartbeat(self, key: str, route: str, claim: str) -> bool:
+        """A running try is alive; False once its job is no longer its own."""
+        with self._tx() as db:
+            return bool(db.execute("UPDATE jobs SET heartbeat_at = ? WHERE study_key = ? AND "
+                                   "route = ? AND claim = ? AND state = 'processing'",
+                                   (time.time(), key, route, claim)).rowcount)
+
+    def requeue_silent(self, timeout_s: float) -> list[tuple[str, str]]:
+        """Jobs whose running try gave no sign of life for `timeout_s` (its worker killed,
+        cut off the network, its host down) go back to queued, to be dispatched again; the
+        silent try can no longer end them. Counted as a lost try (lost_tries)."""
+        now = time.time()
+        with self._tx() as db:
+            silent = [(r["study_key"], r["route"]) for r in db.execute(
+                "SELECT study_key, route FROM jobs WHERE state = 'processing' "
+                "AND COALESCE(heartbeat_at, started_at) < ?", (now - timeout_s,))]
+            for key, route in silent:
+                db.execute("UPDATE jobs SET state = 'queued', claim = NULL, dispatched_at = NULL,"
+                           " started_at = NULL WHERE study_key = ? AND route = ?", (key, route))
+                self._set_study_from_jobs(db, key, now, f"no sign of life from the worker of "
+                                                        f"job {route} for {timeout_s:.0f} s: "
+                                                        "queued again")
+        return silent
 
     def finish_job(self, key: str, route: str, error: str | None = None,
-                   skipped: str | None = None) -> None:
-        """End a job: done, failed with `error`, or skipped for the reason `skipped`."""
+                   skipped: str | None = None, claim: str | None = None) -> None:
+        """End a job: done, failed with `error`, or skipped for the reason `skipped`. With the
+        claim of the try that ends it: ClaimLost if the job is no longer that try's."""
         now = time.time()
         state = "failed" if error else "skipped" if skipped else "done"
         with self._tx() as db:
-            db.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ? "
-                       "WHERE study_key = ? AND route = ?",
-                       (state, now, error or skipped, key, route))
+            if not db.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ?, "
+                              "claim = NULL WHERE study_key = ? AND route = ? "
+                              "AND (? IS NULL OR (claim = ? AND state = 'processing'))",
+                              (state, now, error or skipped, key, route, claim,
+                               claim)).rowcount and claim is not None:
+                raise ClaimLost(f"study {key}: job {route} was given to another try")
             detail = f"job {route} {state}" + (f": {error or skipped}" if state != "done" else "")
             self._set_study_from_jobs(db, key, now, detail)
 

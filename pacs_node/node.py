@@ -150,6 +150,12 @@ class Node:
                 return
             self.journal.job_dispatched(job["study_key"], job["route"])
 
+    def requeue_silent(self) -> None:
+        timeout = self.config.node.heartbeat_timeout_s
+        for key, route in self.journal.requeue_silent(timeout):
+            log.warning("study %s: no heartbeat from the worker of job %s for %.0f s: "
+                        "dispatching it again", key, route, timeout)
+
     def resume(self) -> None:
         """Pick up studies left in an in-between state when the node last stopped (their jobs
         are dispatched once the dispatch thread starts)."""
@@ -169,6 +175,7 @@ class Node:
         while not self._stop.is_set():
             self._dispatch_now.clear()
             try:
+                self.requeue_silent()
                 self.dispatch_pending()
                 if self.config.broker is not None:
                     reported = self._log_outcomes(reported)

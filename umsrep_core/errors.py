@@ -52,3 +52,8 @@ class TransientError(UmsrepError):
     work is tried again later. `pacs_node.dispatch.is_transient` says which errors are such."""
 
     exit_code = 8
+
+
+class ClaimLost(UmsrepError):
+    """A try of a job reported on a job that is no longer its own: it was silent so long that
+    the node gave the job to another try (`Journal.requeue_silent`). What it did is dropped."""

@@ -25,7 +25,7 @@ from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Process
 from pacs_node.journal import Instance, Study
 from pacs_node.spool import file_name
-from umsrep_core.errors import ConfigError, TransientError
+from umsrep_core.errors import ClaimLost, ConfigError, TransientError
 
 URL_VARIABLE, TOKEN_VARIABLE = "UMSREP_NODE_URL", "UMSREP_NODE_TOKEN_FILE"
 TIMEOUT_S = 60.0
@@ -61,6 +61,9 @@ class RemoteJournal:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as reply:  # noqa: S310
                 return str(reply.headers.get("Content-Type", "")), bytes(reply.read())
         except urllib.error.HTTPError as exc:
+            if exc.code == 409:
+                raise ClaimLost(f"node API {path}: {exc.read().decode(errors='replace')}") \
+                    from exc
             if exc.code >= 500:
                 raise NodeUnreachable(f"node API {path}: HTTP {exc.code}") from exc
             raise RuntimeError(f"node API {path}: HTTP {exc.code}: "
@@ -81,12 +84,17 @@ class RemoteJournal:
     def lost_tries(self, key: str, route: str) -> int:
         return int(self._call("lost_tries", key=key, route=route))
 
-    def start_job(self, key: str, route: str) -> bool:
-        return bool(self._call("start_job", key=key, route=route))
+    def start_job(self, key: str, route: str) -> str | None:
+        claim = self._call("start_job", key=key, route=route)
+        return None if claim is None else str(claim)
+
+    def heartbeat(self, key: str, route: str, claim: str) -> bool:
+        return bool(self._call("heartbeat", key=key, route=route, claim=claim))
 
     def finish_job(self, key: str, route: str, error: str | None = None,
-                   skipped: str | None = None) -> None:
-        self._call("finish_job", key=key, route=route, error=error, skipped=skipped)
+                   skipped: str | None = None, claim: str | None = None) -> None:
+        self._call("finish_job", key=key, route=route, error=error, skipped=skipped,
+                   claim=claim)
 
     def note(self, key: str, step: str, detail: str | None = None) -> None:
         self._call("note", key=key, step=step, detail=detail)

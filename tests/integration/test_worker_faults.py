@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pacs_node import samples
 from pacs_node.config import Process
+from pacs_node import dispatch
 from pacs_node.dispatch import LOST_TRIES, run_job
 from pacs_node.journal import Journal, journal_path
 from tests.conftest import ServedNode, free_port, storescu, wait_until
@@ -121,6 +122,28 @@ def test_a_job_whose_tries_die_unfinished_is_failed_not_tried_for_ever(
                                 "(a worker killed or out of memory, the node stopped): not "
                                 "tried again")
     assert journal.study(key).state == "failed"  # type: ignore[union-attr]
+
+
+def test_a_try_that_was_silent_too_long_drops_its_outcome_and_heartbeats_while_it_runs(
+        job: tuple[Journal, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    journal, key = job
+    monkeypatch.setattr(dispatch, "HEARTBEAT_S", 0.05)
+    beats: list[float] = []
+
+    def silent_then_back(*_: Any) -> None:
+        """Beats for a while, then is cut off so long that the node gives its job away, and
+        another try ends it before this one comes back."""
+        wait_until(lambda: beats.append(journal.jobs(key)[0]["heartbeat_at"]) or
+                   len(set(beats)) >= 3, timeout=5, interval=0.05)
+        journal._db.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600")
+        assert journal.requeue_silent(timeout_s=60) == [(key, "chest")]
+        assert run_job(journal, None, key, "chest", lambda *_: None) == "done"
+
+    assert run_job(journal, None, key, "chest", silent_then_back) is None  # type: ignore[arg-type]
+    [job_row] = journal.jobs(key)
+    assert job_row["state"] == "done" and job_row["error"] is None
+    assert states(journal, key).count("done") == 1  # the silent try's outcome is dropped
+    assert journal.events(key)[-1]["detail"] == "job chest done"
 
 
 # --- through a real worker --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Process
 from pacs_node.journal import Journal
+from umsrep_core.errors import ClaimLost
 
 
 @pytest.fixture
@@ -110,6 +111,35 @@ def test_requeue_after_stop(journal: Journal) -> None:
     assert journal.requeue_jobs() == 1
     job = journal.jobs(key)[0]
     assert job["state"] == "queued" and job["dispatched_at"] is None
+
+
+def test_a_silent_try_loses_its_job_and_can_end_nothing(journal: Journal) -> None:
+    key = add(journal, "1.2.3.1.1")
+    journal.add_job(key, "a", Process(pipeline="cxr"))
+    journal.job_dispatched(key, "a")
+    first = journal.start_job(key, "a")
+    assert first is not None and journal.heartbeat(key, "a", first)
+    assert journal.requeue_silent(timeout_s=60) == []  # it beat just now
+    journal._db.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 61")
+    assert journal.requeue_silent(timeout_s=60) == [(key, "a")]
+    job = journal.jobs(key)[0]
+    assert job["state"] == "queued" and job["dispatched_at"] is None  # dispatched again
+    assert journal.study(key).state == "queued"  # type: ignore[union-attr]
+    assert "no sign of life from the worker of job a for 60 s" in journal.events(key)[-1][
+        "detail"]
+    assert not journal.heartbeat(key, "a", first)  # the silent try hears its job is gone
+    second = journal.start_job(key, "a")
+    assert second is not None and second != first
+    assert journal.lost_tries(key, "a") == 2  # the silent try counts as lost while one runs
+    with pytest.raises(ClaimLost):  # the silent try comes back: it ends nothing
+        journal.finish_job(key, "a", error="OSError: network unreachable", claim=first)
+    assert journal.jobs(key)[0]["state"] == "processing"
+    journal.finish_job(key, "a", claim=second)
+    assert journal.jobs(key)[0]["state"] == "done"
+    assert journal.lost_tries(key, "a") == 1
+    with pytest.raises(ClaimLost):  # nor after the job ended
+        journal.finish_job(key, "a", error="late", claim=first)
+    assert journal.study(key).state == "done"  # type: ignore[union-attr]
 
 
 def test_outbox_dedupes_and_backs_off(journal: Journal) -> None:
