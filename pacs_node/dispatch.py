@@ -216,8 +216,10 @@ def _note_retry(journal: JobJournal, study_key: str, route: str, detail: str) ->
     log.warning("study %s: job %s %s", study_key, route, detail)
     try:
         journal.note(study_key, "retry", f"job {route} {detail}")
-    except sqlite3.Error as exc:  # the journal may be what fails; the retry goes on anyway
-        log.warning("study %s: retry not noted in the journal: %s", study_key, exc)
+    except Exception as exc:  # the journal (or the way to it) may be what fails
+        if not is_transient(exc):
+            raise
+        log.warning("study %s: retry not noted in the journal: %s", study_key, describe(exc))
 
 
 class EmbeddedDispatcher:

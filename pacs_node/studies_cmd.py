@@ -19,13 +19,17 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
     # The first time each state was entered: the stage timings of the study.
     reached: dict[str, float] = {}
     resent = {"duplicate": 0, "conflict": 0}  # instances received again (scp: never over)
-    findings = []  # per image: label, probability, measurements (workers.pipeline)
+    # per image: label, probability, measurements (workers.pipeline); the last try's, where a
+    # try that lost its job (its worker silent, then back) noted them too
+    findings: dict[str, Any] = {}
     for event in journal.events(study.study_key):
         reached.setdefault(event["state"], event["at"])
         if event["state"] in resent:
             resent[event["state"]] += 1
         elif event["state"] == "findings":
-            findings.append(json.loads(event["detail"]))
+            finding = json.loads(event["detail"])
+            findings.pop(finding["sop_instance_uid"], None)  # in the order of the last
+            findings[finding["sop_instance_uid"]] = finding
     outbox: dict[str, int] = {}
     for item in journal.outbox(study.study_key):
         outbox[item["state"]] = outbox.get(item["state"], 0) + 1
@@ -47,7 +51,7 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "jobs": [{k: j[k] for k in ("route", "queue", "state", "started_at", "finished_at",
                                     "error")} for j in journal.jobs(study.study_key)],
         "outbox": outbox,
-        "findings": findings,
+        "findings": list(findings.values()),
     }
     if phi:
         instances = journal.instances(study.study_key)

@@ -10,6 +10,7 @@ token in the file UMSREP_NODE_TOKEN_FILE; its own config then needs only the bro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,7 +41,9 @@ class RemoteJournal:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{URL_VARIABLE} {url!r}: an http:// or https:// URL is needed")
         self.url, self.token, self.scratch = url.rstrip("/"), token, scratch
-        self._fetched: list[Path] = []  # folders of instances, deleted by close()
+        # deleted by close(): folders of instances fetched, outputs sent to the node
+        self._fetched: list[Path] = []
+        self._sent: set[Path] = set()
 
     @classmethod
     def from_environment(cls, scratch: Path) -> RemoteJournal | None:
@@ -151,10 +154,17 @@ class RemoteJournal:
         _, answer = self._request(
             f"/api/studies/{quote(key, safe='@')}/outputs?destination={quote(destination)}",
             body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+        self._sent.update(paths)
         return int(json.loads(answer)["stored"])
 
     def close(self) -> None:
-        """The task is over: the instances it fetched go (no connection is held open)."""
+        """The task is over: the instances it fetched and the outputs the node now keeps go
+        (no connection is held open)."""
         for folder in self._fetched:
             shutil.rmtree(folder, ignore_errors=True)
+        for path in self._sent:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another task's outputs may still be there
+                path.parent.rmdir()
         self._fetched.clear()
+        self._sent.clear()

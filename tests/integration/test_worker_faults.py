@@ -24,9 +24,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from pacs_node import samples
+from pacs_node import dispatch, samples
 from pacs_node.config import Process
-from pacs_node import dispatch
 from pacs_node.dispatch import LOST_TRIES, run_job
 from pacs_node.journal import Journal, journal_path
 from tests.conftest import ServedNode, free_port, storescu, wait_until
