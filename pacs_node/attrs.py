@@ -11,14 +11,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from umsrep_core.imaging.us import has_spectral_doppler
+
 # The Manufacturer of every object umsrep writes: how the node knows its own outputs when a
 # PACS sends them back, so that they are never processed again.
 OWN_MANUFACTURER = "umsrep"
-
-# SequenceOfUltrasoundRegions: RegionSpatialFormat 3 is "spectral (CW or PW Doppler)";
-# RegionDataType 3 and 4 are PW and CW spectral Doppler.
-SPECTRAL_SPATIAL_FORMAT = 3
-SPECTRAL_DATA_TYPES = {3, 4}
 
 
 @dataclass(frozen=True)
@@ -41,15 +38,6 @@ class InstanceAttrs:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InstanceAttrs:
         return cls(**{**data, "image_type": tuple(data.get("image_type", ()))})
-
-
-def has_spectral_doppler(ds: Dataset) -> bool:
-    for region in ds.get("SequenceOfUltrasoundRegions", []):
-        if region.get("RegionSpatialFormat") == SPECTRAL_SPATIAL_FORMAT:
-            return True
-        if region.get("RegionDataType") in SPECTRAL_DATA_TYPES:
-            return True
-    return False
 
 
 def _text(ds: Dataset, keyword: str) -> str:

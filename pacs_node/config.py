@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from umsrep_core.pipelines import names
+
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash, no control
-PIPELINES = ("cxr", "echo_doppler")
 OUTPUT_KINDS = ("seg", "sr", "denoised")
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
@@ -199,11 +200,18 @@ class Match(Strict):
 
 
 class Process(Strict):
-    pipeline: Literal["cxr", "echo_doppler"]
+    pipeline: str  # an installed pipeline (umsrep_core.pipelines): cxr, echo_doppler
     # A bundle name (packaged: cxr, echo_doppler) or a bundle folder; default: the pipeline's.
     bundle: str | None = None
     outputs: list[Literal["seg", "sr", "denoised"]] = ["seg", "sr"]
     destinations: list[str] = []
+
+    @field_validator("pipeline")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        if v not in names():
+            raise ValueError(f"no pipeline {v!r} is installed (installed: {', '.join(names())})")
+        return v
 
 
 class Forward(Strict):

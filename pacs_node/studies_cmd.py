@@ -28,8 +28,9 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
             resent[event["state"]] += 1
         elif event["state"] == "findings":
             finding = json.loads(event["detail"])
-            findings.pop(finding["sop_instance_uid"], None)  # in the order of the last
-            findings[finding["sop_instance_uid"]] = finding
+            image = finding.get("sop_instance_uid", str(len(findings)))
+            findings.pop(image, None)  # in the order of the last
+            findings[image] = finding
     outbox: dict[str, int] = {}
     for item in journal.outbox(study.study_key):
         outbox[item["state"]] = outbox.get(item["state"], 0) + 1

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from umsrep_core.errors import InferenceError
+from umsrep_core.pipelines import names
 
 # Plain names, kept here so that building the parser imports no torch (tests check they agree).
-MODALITIES = ("cxr", "echo_doppler")
 HEADS = ("denoise", "segment", "classify")
 STRATEGIES = ("frozen", "partial", "full")
 SCHEDULES = ("joint", "sequential")
@@ -55,7 +55,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         return p
 
     def training(p: argparse.ArgumentParser, steps: int, out: str) -> None:
-        p.add_argument("--modality", required=True, choices=MODALITIES)
+        p.add_argument("--modality", required=True, choices=names())
         p.add_argument("--out", type=Path, required=True, help=out)
         p.add_argument("--steps", type=int, default=steps, help=f"default {steps}")
         p.add_argument("--batch", type=int, default=16)

@@ -31,23 +31,16 @@ import torch
 
 from umsrep_core.errors import InferenceError
 from umsrep_core.imaging.geometry import Letterbox
-from umsrep_core.imaging.morphology import one_solid_piece
-from umsrep_core.imaging.pixels import LUMINANCE, pixel_spacing, read_frames
+from umsrep_core.imaging.pixels import LUMINANCE, read_frames
 from umsrep_core.imaging.regions import SpectralRegion
-from umsrep_core.imaging.us import region_box, spectral_regions
-from umsrep_core.measure import DOPPLER_TYPES, measure_chest, measure_doppler, not_a_frontal_chest
+from umsrep_core.imaging.us import region_box
 from umsrep_core.models.bundle import OTHER_CLASS, Bundle
 from umsrep_core.models.umsrep import for_inference
+from umsrep_core.pipelines import pipeline
+from umsrep_core.pipelines.base import Calibration, Spacing
 
-__all__ = ["OTHER_AT", "Prediction", "Predictor", "default_device", "read_image_file",
-           "synchronize"]
+__all__ = ["Prediction", "Predictor", "default_device", "read_image_file", "synchronize"]
 
-Spacing = float | tuple[float, float] | None
-# The probability of the class OTHER_CLASS from which an image is one the model does not know.
-# On the held-out patients of the packaged cxr 0.6.0 (its validation split) all 126 negatives
-# scored 0.8 or more (the lowest 0.9998), and 3 of 171 chest radiographs too (0.86-0.99; the
-# next 0.32): those are withheld. The anatomy check is there for the negatives it misses.
-OTHER_AT = 0.8
 TILE_MARGIN = 16  # pixels of context around each denoising tile's kept centre
 
 
@@ -55,7 +48,7 @@ TILE_MARGIN = 16  # pixels of context around each denoising tile's kept centre
 class Prediction:
     """One image's results, on its source pixel grid."""
 
-    modality: str  # the bundle's: "cxr" or "echo_doppler"
+    modality: str  # the bundle's pipeline (umsrep_core.pipelines)
     label: str | None  # None when the bundle has no classification head
     probability: float | None  # of `label`
     probabilities: dict[str, float]  # every class
@@ -71,16 +64,6 @@ class Prediction:
         return {"modality": self.modality, "label": self.label,
                 "probability": self.probability, **self.measurements,
                 "reasons": list(self.reasons), "not_applicable": self.not_applicable}
-
-
-def _one_piece(probability: np.ndarray) -> np.ndarray:
-    """A structure's probabilities with its mask (at one half) made one solid piece: other
-    pieces pushed just under one half, holes to one half, the kept piece's border as it was
-    (the inverse letterbox resamples probabilities, then thresholds)."""
-    keep = one_solid_piece(probability >= 0.5)
-    out: np.ndarray = np.where(keep, np.maximum(probability, 0.5),
-                               np.minimum(probability, 0.499))
-    return out.astype(np.float32)
 
 
 def default_device() -> str:
@@ -112,9 +95,7 @@ def read_image_file(path: Path) -> np.ndarray:
 @dataclass
 class _Input:
     image: np.ndarray  # float32 (rows, cols) in [0, 1]
-    spacing: Spacing
-    region: SpectralRegion | None
-    notes: list[str]  # reasons known before the model runs
+    calibration: Calibration  # its notes: reasons known before the model runs
 
 
 class Predictor:
@@ -129,6 +110,7 @@ class Predictor:
         self.device = torch.device(device or default_device())
         self.model = for_inference(bundle.model, self.device)
         self.modality = bundle.modality
+        self.pipeline = pipeline(bundle.modality)  # what the modality knows
         self.heads = self.model.tasks
         self.denoise_grid = str(bundle.manifest.get("denoise_grid", "model"))
         self.size = bundle.config.input_size
@@ -173,18 +155,8 @@ class Predictor:
 
     def _inputs(self, ds: pydicom.Dataset) -> list[_Input]:
         """The frames of `ds`, decoded, with the calibration of the bundle's modality."""
-        notes: list[str] = []
-        spacing: Spacing = None
-        region = None
-        if self.modality == "cxr":
-            spacing, why = pixel_spacing(ds)
-            notes += [why] if why else []
-        else:
-            regions = spectral_regions(ds, notes)
-            region = regions[0] if regions else None
-            if len(regions) > 1:
-                notes.append(f"{len(regions)} spectral regions: the first one was measured")
-        return [_Input(f, spacing, region, list(notes)) for f in read_frames(ds)]
+        calibration = self.pipeline.calibrate(ds)
+        return [_Input(f, calibration) for f in read_frames(ds)]
 
     def predict_array(self, image: np.ndarray, *, pixel_spacing: Spacing = None,
                       region: SpectralRegion | None = None,
@@ -203,7 +175,7 @@ class Predictor:
         boxes = list(regions) if regions is not None else [None] * n
         if len(spacings) != n or len(boxes) != n:
             raise ValueError(f"{n} images, {len(spacings)} spacings, {len(boxes)} regions")
-        inputs = [_Input(np.asarray(img, dtype=np.float32), s, r, [])
+        inputs = [_Input(np.asarray(img, dtype=np.float32), Calibration(spacing=s, region=r))
                   for img, s, r in zip(images, spacings, boxes, strict=True)]
         return self._run(inputs, heads)
 
@@ -283,19 +255,17 @@ class Predictor:
     def _letterbox(self, item: _Input) -> Letterbox:
         if item.image.ndim != 2:
             raise InferenceError(f"expected a 2-D grayscale image, got shape {item.image.shape}")
-        crop = region_box(item.region) if item.region is not None else None
+        region = item.calibration.region
+        crop = region_box(region) if region is not None else None
         return Letterbox.fit(item.image.shape, self.size, crop=crop)
 
     def _prediction(self, item: _Input, box: Letterbox, heads: dict[str, np.ndarray],
                     denoised: np.ndarray | None) -> Prediction:
         """`denoised`: the image denoised on its own grid, or None (then from `heads`)."""
-        reasons = list(item.notes)
+        reasons = list(item.calibration.notes)
         masks: dict[str, np.ndarray] = {}
         if "segment" in heads:
-            seg = heads["segment"]
-            if self.modality == "cxr":  # a lung or a heart is one piece, without holes
-                seg = np.stack([_one_piece(p) for p in seg])
-            back = box.mask_to_source(seg, threshold=0.5)
+            back = box.mask_to_source(self.pipeline.clean_masks(heads["segment"]), threshold=0.5)
             masks = {name: back[i] for i, name in enumerate(self.seg_labels)}
         if "denoise" in heads:
             mapped = np.clip(box.mask_to_source(heads["denoise"][0], threshold=None), 0, 1)
@@ -316,46 +286,15 @@ class Predictor:
             label, probability = self.class_labels[best], float(probs[best])
         else:
             reasons.append("no classification head was run: no label")
-        not_applicable = self._applicability(masks, other)
+        not_applicable = self.pipeline.not_known(masks, other)
         if not_applicable is None:
-            measurements = self._measure(item, masks, label, reasons)
+            measurements = self.pipeline.measure(masks, label, item.calibration, reasons)
         else:  # nothing is measured, nor labelled, on an image the model does not know
-            measurements = self._measure(item, {}, None, [])
+            measurements = self.pipeline.measure({}, None, item.calibration, [])
             label, probability = None, None
             reasons.append(f"{not_applicable}: nothing measured")
         return Prediction(modality=self.modality, label=label, probability=probability,
                           probabilities=probabilities, masks=masks, denoised=denoised,
-                          measurements=measurements, reasons=reasons, region=item.region,
+                          measurements=measurements, reasons=reasons,
+                          region=item.calibration.region,
                           not_applicable=not_applicable)
-
-    def _applicability(self, masks: dict[str, np.ndarray], other: float | None
-                       ) -> str | None:
-        """Why this image is not one the model knows, or None when it is (or none can tell).
-        cxr: the model's own score of another kind of image (the class OTHER_CLASS), or masks
-        that cannot be a frontal chest's."""
-        if self.modality != "cxr":
-            return None
-        if other is not None and other >= OTHER_AT:
-            return (f"not a frontal chest radiograph: the model scores it {other:.2f} as "
-                    "another kind of image")
-        why = not_a_frontal_chest(masks) if masks else None
-        return None if why is None else f"not a frontal chest radiograph: {why}"
-
-    def _measure(self, item: _Input, masks: dict[str, np.ndarray], label: str | None,
-                 reasons: list[str]) -> dict[str, Any]:
-        if self.modality == "cxr":
-            chest = measure_chest(masks, item.spacing)
-            reasons += chest.reasons
-            return {"ctr": chest.ctr, "areas_mm2": chest.areas_mm2}
-        result = {"doppler_type": label, "peak_velocity_cm_s": None, "e_cm_s": None,
-                  "a_cm_s": None, "e_a_ratio": None, "vti_cm": None}
-        envelope = masks.get("envelope", masks.get(self.seg_labels[0]) if masks else None)
-        if envelope is None:
-            reasons.append("the bundle has no segmentation head: no envelope to measure")
-        elif label not in DOPPLER_TYPES:
-            reasons.append(f"Doppler type {label!r} unknown: nothing measured")
-        else:
-            doppler = measure_doppler(envelope, item.region, label)
-            reasons += doppler.reasons
-            result.update({k: v for k, v in doppler.to_json().items() if k != "reasons"})
-        return result

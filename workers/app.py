@@ -23,9 +23,10 @@ from celery import Celery
 from celery.signals import after_setup_logger, worker_init, worker_process_init
 from kombu import Queue
 
-from pacs_node.config import PIPELINES, Config
+from pacs_node.config import Config
 from pacs_node.logs import scrub_record
 from pacs_node.yamlconf import load_config
+from umsrep_core.pipelines import names
 from workers import metrics
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def make_app() -> Celery:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         worker_send_task_events=True, task_send_sent_event=True, task_track_started=True,
-        task_queues=[Queue(name) for name in PIPELINES],
+        task_queues=[Queue(name) for name in names()],
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -31,6 +31,7 @@ from pacs_node.yamlconf import load_config
 from umsrep_core.evaluation.report import overlay
 from umsrep_core.imaging.pixels import read_frames
 from umsrep_core.phantoms.doppler import make_doppler
+from umsrep_core.pipelines import pipeline
 
 SETTLED = ("done", "failed", "ignored", "skipped")
 
@@ -78,28 +79,8 @@ def findings(node: Node, key: str) -> list[dict[str, Any]]:
 
 def summary(result: dict[str, Any]) -> str:
     """The measurements of a finding, then why any is missing."""
-    return "; ".join([measurements(result), *(result.get("reasons") or [])])
-
-
-def measurements(result: dict[str, Any]) -> str:
-    if result.get("modality") == "cxr":
-        areas = result.get("areas_mm2") or {}
-        ctr = result.get("ctr")
-        return (f"CTR {ctr:.2f}" if ctr is not None else "CTR -") + (
-            f", lungs R {_cm2(areas.get('right_lung'))} L {_cm2(areas.get('left_lung'))}, "
-            f"heart {_cm2(areas.get('heart'))} cm2")
-    parts = [f"{name} {result[key]:.0f} cm/s" for name, key in
-             (("peak", "peak_velocity_cm_s"), ("E", "e_cm_s"), ("A", "a_cm_s"))
-             if result.get(key) is not None]
-    if result.get("e_a_ratio") is not None:
-        parts.append(f"E/A {result['e_a_ratio']:.2f}")
-    if result.get("vti_cm") is not None:
-        parts.append(f"VTI {result['vti_cm']:.1f} cm")
-    return ", ".join(parts) or "-"
-
-
-def _cm2(mm2: float | None) -> str:
-    return "-" if mm2 is None else f"{mm2 / 100:.0f}"
+    return "; ".join([pipeline(str(result["modality"])).describe(result),
+                      *(result.get("reasons") or [])])
 
 
 def write_overlays(results: Path, spool_of: dict[str, str], out: Path) -> list[Path]:

@@ -15,7 +15,6 @@ import functools
 import io
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from pacs_node.spool import file_name, write_durably
 from umsrep_core.errors import RoutingError, StudySkipped
 from umsrep_core.inference import Prediction, Predictor, default_device
 from umsrep_core.models.bundle import load_bundle
+from umsrep_core.pipelines import pipeline
 from workers.metrics import STAGES
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.seg import build_seg
@@ -36,33 +36,10 @@ from workers.outputs.sr import build_sr
 
 log = logging.getLogger(__name__)
 
-CHEST_MODALITIES = ("CR", "DX")
-# The default chest-xray rule (pacs_node/defaults.yaml) routes by the same patterns: searched in
-# BodyPartExamined and ViewPosition, empty where absent.
-CHEST_BODY_PART = re.compile(r"(?i)^$|chest|thorax|t[oó]rax|torace|lung")
-FRONTAL_VIEW = re.compile(r"(?i)^(PA|AP)?$")
-
-
 @functools.lru_cache(maxsize=4)
 def predictor(bundle: str) -> Predictor:
     """The bundle's predictor, loaded once per process and kept warm."""
     return Predictor(load_bundle(bundle, device=default_device()))
-
-
-def not_applicable(pipeline: str, ds: Dataset) -> str | None:
-    """Why the pipeline does not apply to this image, or None when it does."""
-    modality = str(ds.get("Modality", ""))
-    if pipeline == "cxr":
-        if modality not in CHEST_MODALITIES:
-            return f"modality {modality or 'missing'} is not CR/DX"
-        body_part = str(ds.get("BodyPartExamined", "") or "").strip()
-        if not CHEST_BODY_PART.search(body_part):
-            return f"not a chest (BodyPartExamined {body_part})"
-        view = str(ds.get("ViewPosition", "") or "").strip()
-        return None if FRONTAL_VIEW.search(view) else f"not a frontal view (ViewPosition {view})"
-    from pacs_node.attrs import has_spectral_doppler  # noqa: PLC0415 - beside its one use
-
-    return None if has_spectral_doppler(ds) else "no spectral Doppler region"
 
 
 def frames_of(ds: Dataset) -> list[Dataset]:
@@ -160,7 +137,7 @@ def process_study(journal: JobJournal, config: Config, study_key: str, route: st
     for instance in journal.instances(study_key):
         t_read = time.perf_counter()
         ds = pydicom.dcmread(instance.path)
-        why = not_applicable(process.pipeline, ds) or unusable(ds)
+        why = pipeline(process.pipeline).not_applicable(ds) or unusable(ds)
         frames = frames_of(ds) if why is None else []
         seconds["preprocess"] += time.perf_counter() - t_read
         if why is not None:

@@ -21,7 +21,8 @@ from umsrep_core.measure import STRUCTURES
 from umsrep_core.models.bundle import Bundle, load_bundle
 from umsrep_core.models.umsrep import UMSRep
 from umsrep_core.phantoms.chest import make_chest
-from workers.pipeline import CHEST_BODY_PART, FRONTAL_VIEW, not_applicable
+from umsrep_core.pipelines import pipeline
+from umsrep_core.pipelines.cxr import CHEST_BODY_PART, FRONTAL_VIEW
 
 
 def header(instance: InstanceAttrs) -> Dataset:
@@ -43,12 +44,12 @@ def test_the_default_chest_rule_routes_by_the_pipelines_patterns() -> None:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # vendors' spellings: the point
 @pytest.mark.parametrize("instance", FRONTAL_CHESTS, ids=shown)
 def test_the_pipeline_takes_what_the_default_rules_send_it(instance: InstanceAttrs) -> None:
-    assert not_applicable("cxr", header(instance)) is None
+    assert pipeline("cxr").not_applicable(header(instance)) is None
 
 
 @pytest.mark.parametrize("instance", NOT_FRONTAL_CHESTS, ids=shown)
 def test_the_pipeline_refuses_what_the_default_rules_store(instance: InstanceAttrs) -> None:
-    why = not_applicable("cxr", header(instance))
+    why = pipeline("cxr").not_applicable(header(instance))
     assert why is not None
     assert why.startswith(("not a chest (BodyPartExamined", "not a frontal view (ViewPosition",
                            "modality CT is not CR/DX"))

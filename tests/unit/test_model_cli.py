@@ -22,7 +22,7 @@ from umsrep_core.benchmark import bench
 from umsrep_core.cli import add_model_commands
 from umsrep_core.errors import InferenceError
 from umsrep_core.evaluation.report import evaluate
-from umsrep_core.models import bundle, umsrep
+from umsrep_core.models import umsrep
 from umsrep_core.models.bundle import load_bundle
 from umsrep_core.training import runs
 from umsrep_core.training.runs import TrainingError
@@ -233,5 +233,5 @@ def test_a_finetune_without_init_cannot_keep_a_frozen_encoder(tmp_path: Path) ->
 
 
 def test_the_cli_names_agree_with_the_model_code() -> None:
-    assert (cli.MODALITIES, cli.HEADS, cli.STRATEGIES, cli.SCHEDULES) == (
-        bundle.MODALITIES, umsrep.HEADS, umsrep.STRATEGIES, runs.SCHEDULES)
+    assert (cli.HEADS, cli.STRATEGIES, cli.SCHEDULES) == (
+        umsrep.HEADS, umsrep.STRATEGIES, runs.SCHEDULES)

@@ -18,10 +18,10 @@ from pydicom.uid import SegmentationStorage, UltrasoundMultiFrameImageStorage
 
 from pacs_node import samples
 from umsrep_core.models.bundle import BUNDLES_DIR, OTHER_CLASS
+from umsrep_core.pipelines import pipeline
 from workers.outputs import NOT_FOR_CLINICAL_USE
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.seg import build_seg
-from workers.outputs.sr import LABELS as SR_LABELS
 from workers.outputs.sr import build_sr
 from workers.outputs.uids import output_uid
 
@@ -316,7 +316,7 @@ def test_sr_rejects_an_unknown_label() -> None:
 def test_sr_codes_every_label_a_packaged_bundle_gives(bundle: str) -> None:
     manifest = json.loads((BUNDLES_DIR / bundle / "manifest.json").read_text())
     given = set(manifest["class_labels"]) - {OTHER_CLASS}  # OTHER_CLASS is never a label
-    assert given - set(SR_LABELS[manifest["modality"]]) == set()
+    assert given - set(pipeline(manifest["modality"]).label_codes) == set()
 
 
 # --- derived --------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ from pydicom.uid import (
 )
 
 from pacs_node import samples
-from pacs_node.attrs import extract, has_spectral_doppler
+from pacs_node.attrs import extract
 from tests.conftest import dciodvfy_errors, overlong_values, shared_data
 from umsrep_core.data import is_validation
 from umsrep_core.imaging.regions import SpectralRegion
+from umsrep_core.imaging.us import has_spectral_doppler
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
 SMALL = {  # small images keep the tests fast; the full sizes are checked once below

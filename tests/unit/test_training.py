@@ -20,9 +20,9 @@ from umsrep_core.imaging.us import region_box
 from umsrep_core.inference import Predictor
 from umsrep_core.models.bundle import load_bundle
 from umsrep_core.models.umsrep import HEADS, UMSRep, set_trainable
+from umsrep_core.pipelines import names, pipeline
 from umsrep_core.training.compare import compare
 from umsrep_core.training.data import (
-    LABELS,
     NO_TARGET,
     PhantomPool,
     corrupt,
@@ -61,10 +61,10 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("modality", sorted(LABELS))
+@pytest.mark.parametrize("modality", names())
 def test_phantom_arrays_match_the_model_input(modality: str) -> None:
     images, clean, masks, labels = phantom_arrays(modality, range(4), 64)
-    seg, classes = LABELS[modality]
+    seg, classes = pipeline(modality).seg_labels, pipeline(modality).class_labels
     assert images.shape == clean.shape == (4, 1, 64, 64)
     assert masks.shape == (4, len(seg), 64, 64) and set(np.unique(masks)) <= {0.0, 1.0}
     assert images.min() >= 0 and images.max() <= 1 and labels.max() < len(classes)
@@ -157,7 +157,7 @@ def test_fine_tuning_lowers_the_loss_and_the_export_serves(tmp_path: Path) -> No
     bundle = load_bundle(export(tmp_path / "run", tmp_path / "bundle", name="tiny"))
     assert "scratch joint, 40 steps" in bundle.manifest["training_data"]
     [prediction] = Predictor(bundle, device="cpu").predict_batch([images[0, 0].numpy()])
-    seg, classes = LABELS["cxr"]
+    seg, classes = pipeline("cxr").seg_labels, list(pipeline("cxr").class_labels)
     # a tiny model's masks are no chest's: the label is withheld, with why, but it was scored
     assert set(prediction.masks) == set(seg) and list(prediction.probabilities) == classes
 
@@ -267,12 +267,10 @@ def test_compare_trains_every_strategy_and_tabulates_compute(tmp_path: Path) -> 
 
 def test_the_compute_to_reach_the_gates_is_the_first_validation_that_meets_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from umsrep_core.training import runs
-
     spec = tiny(heads=("segment",))
     never = train(spec, tmp_path / "never", progress=False, val=4, val_every=2)
     assert never is not None and never["gates_step"] is None and never["tflop_to_gates"] is None
-    monkeypatch.setitem(runs.QUALITY_GATES, "cxr", {"dice.heart": (">=", 0.0)})
+    monkeypatch.setattr(type(pipeline("cxr")), "gates", {"dice.heart": (">=", 0.0)})
     met = train(spec, tmp_path / "met", progress=False, val=4, val_every=2)
     assert met is not None and met["gates_step"] == 2
     # two steps and one batch-norm refresh, of six and three (validations at 2, 4 and 6)

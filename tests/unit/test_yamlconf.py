@@ -107,7 +107,8 @@ def test_wrong_type(tmp_path: Path) -> None:
 
 def test_bad_pipeline_name(tmp_path: Path) -> None:
     assert errors(tmp_path, VALID.replace("pipeline: cxr", "pipeline: ct")) == [
-        "12: routing.rules.0[chest].process.pipeline: Input should be 'cxr' or 'echo_doppler'"]
+        "12: routing.rules.0[chest].process.pipeline: no pipeline 'ct' is installed "
+        "(installed: cxr, echo_doppler)"]
 
 
 def test_bad_regex(tmp_path: Path) -> None:
@@ -150,7 +151,8 @@ def test_every_error_on_its_own_line_in_file_order(tmp_path: Path) -> None:
     assert errors(tmp_path, text) == [
         "2: node.port: Input should be less than or equal to 65535",
         "4: destinations.results: a folder destination takes no ae_title, host, port or tls",
-        "13: routing.rules.0[chest].process.pipeline: Input should be 'cxr' or 'echo_doppler'",
+        "13: routing.rules.0[chest].process.pipeline: no pipeline 'ct' is installed "
+        "(installed: cxr, echo_doppler)",
     ]
 
 

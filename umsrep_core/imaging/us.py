@@ -14,12 +14,21 @@ from umsrep_core.imaging.regions import (
     SpectralRegion,
 )
 
-__all__ = ["FLAG_SCALING_PROTECTED", "region_box", "region_to_dicom", "spectral_regions"]
+__all__ = ["FLAG_SCALING_PROTECTED", "has_spectral_doppler", "region_box", "region_to_dicom",
+           "spectral_regions"]
 
 log = logging.getLogger(__name__)
 
 FLAG_SCALING_PROTECTED = 0b10  # RegionFlags bit 1: the region's calibration must be kept
 _INTEGRAL = 1e-3  # how close a folded baseline must land to a pixel row
+
+
+def has_spectral_doppler(ds: Dataset) -> bool:
+    """Whether `ds` declares a spectral Doppler region, calibrated or not (routing looks at
+    this; spectral_regions checks the calibration)."""
+    return any(int(item.get("RegionSpatialFormat", 0)) == SPECTRAL_SPATIAL_FORMAT
+               or int(item.get("RegionDataType", 0)) in SPECTRAL_DATA_TYPES
+               for item in ds.get("SequenceOfUltrasoundRegions") or [])
 
 
 def spectral_regions(ds: Dataset, reasons: list[str] | None = None) -> list[SpectralRegion]:

@@ -31,11 +31,11 @@ from umsrep_core.bundle_files import (
     resolve,
 )
 from umsrep_core.models.umsrep import HEADS, ModelConfig, UMSRep
+from umsrep_core.pipelines import names
 
-__all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "MODALITIES", "OTHER_CLASS", "Bundle",
+__all__ = ["BUNDLES_DIR", "CLINICAL_USE", "DENOISE_GRIDS", "OTHER_CLASS", "Bundle",
            "BundleError", "available_bundles", "load_bundle", "save_bundle"]
 
-MODALITIES = ("cxr", "echo_doppler")
 CLINICAL_USE = "NOT FOR CLINICAL USE: a research model, not a medical device"
 # Optional manifest key `denoise_grid`: where the denoising head works (see inference.py):
 # "model" (the letterboxed image, the default) or "source" (the image's pixels, in tiles).
@@ -130,8 +130,9 @@ def _check_manifest(manifest: Mapping[str, Any], path: Path) -> ModelConfig:
              if not isinstance(manifest[k], t) or isinstance(manifest[k], bool)]
     if wrong:
         raise BundleError(f"{where} has keys of the wrong type: {', '.join(wrong)}")
-    if manifest["modality"] not in MODALITIES:
-        raise BundleError(f"{where}: modality {manifest['modality']!r} not one of {MODALITIES}")
+    if manifest["modality"] not in names():
+        raise BundleError(f"{where}: modality {manifest['modality']!r} is no installed "
+                          f"pipeline ({', '.join(names())})")
     tasks = manifest["tasks"]
     if not tasks or len(set(tasks)) != len(tasks) or not set(tasks) <= set(HEADS):
         raise BundleError(f"{where}: tasks {tasks} must be distinct names from {HEADS}")

@@ -21,14 +21,14 @@ from umsrep_core.imaging.us import region_box
 from umsrep_core.measure.chest import STRUCTURES
 from umsrep_core.phantoms.chest import ChestPhantom, chest_with_noise
 from umsrep_core.phantoms.doppler import DOPPLER_TYPES, add_speckle, make_doppler
+from umsrep_core.pipelines import pipeline
 
-__all__ = ["CHEST", "DENOISE_GRID", "LABELS", "NO_CLASS", "NO_TARGET", "Batch", "HeldOut",
-           "PhantomPool", "corrupt", "held_out_arrays", "phantom_arrays"]
+__all__ = ["CHEST", "DENOISE_GRID", "NO_CLASS", "NO_TARGET", "Batch", "HeldOut", "PhantomPool",
+           "chest_arrays", "chest_held_out", "corrupt", "doppler_arrays", "held_out_arrays",
+           "phantom_arrays"]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # images, clean, masks, labels
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
-          "echo_doppler": (["envelope"], list(DOPPLER_TYPES))}
 # The grid the denoising head works on (bundle manifest `denoise_grid`): the image's own, in
 # tiles, so it learns noise as a source pixel carries it. A letterboxed image has its noise
 # averaged by the downsizing, so half the phantoms (odd seeds) carry theirs on the model grid
@@ -37,7 +37,7 @@ LABELS = {"cxr": (["right_lung", "left_lung", "heart"], ["normal", "abnormal"]),
 # image sees, which the analysis heads must learn (a classifier trained only on the noisy half
 # took smooth normal radiographs for abnormal). The denoiser is never served those: their
 # clean image is NaN, no target (as an identity target, they taught it to leave noise be).
-DENOISE_GRID = {"cxr": "source", "echo_doppler": "source"}
+DENOISE_GRID = "source"
 NO_TARGET = np.float32("nan")
 # Class targets beside the class indices (radiographs.py): a chest radiograph whose class is
 # unknown (scored on not being the last class, "other"), and no class target at all.
@@ -91,9 +91,8 @@ def _chest_masks(box: Letterbox, phantom: ChestPhantom) -> np.ndarray:
 
 
 def phantom_arrays(modality: str, seeds: Iterable[int], size: int) -> Arrays:
-    if modality not in LABELS:
-        raise ValueError(f"modality {modality!r}: choose one of {sorted(LABELS)}")
-    return chest_arrays(seeds, size) if modality == "cxr" else doppler_arrays(seeds, size)
+    """The training phantoms of a modality's pipeline (umsrep_core.pipelines)."""
+    return pipeline(modality).phantom_arrays(seeds, size)
 
 
 class HeldOut(NamedTuple):
@@ -110,15 +109,14 @@ class HeldOut(NamedTuple):
 
 def held_out_arrays(modality: str, seeds: Iterable[int], size: int) -> HeldOut:
     """Held-out phantoms as a served bundle sees them, so that a run's validation scores as
-    `evaluate` does. Chest: phantoms at their own sizes (1k-3k pixels), letterboxed as the
-    Predictor does, and one tile of each on its own pixel grid (the bundle denoises in tiles
-    there: a tile is smoother than a whole chest drawn at the model size). Doppler: the
-    training preparation, whose strips speckled on the model grid stand for the source (the
-    denoiser is scored on those alone; `clean` is NaN for the others)."""
-    if modality != "cxr":
-        images, clean, masks, labels = phantom_arrays(modality, seeds, size)
-        tiles = np.isfinite(clean[:, 0, 0, 0])  # the strips speckled on the model grid
-        return HeldOut(images, clean, masks, labels, images[tiles], clean[tiles])
+    `evaluate` does (the modality's pipeline says how)."""
+    return pipeline(modality).held_out_arrays(seeds, size)
+
+
+def chest_held_out(seeds: Iterable[int], size: int) -> HeldOut:
+    """Chest phantoms at their own sizes (1k-3k pixels), letterboxed as the Predictor does,
+    and one tile of each on its own pixel grid (the bundle denoises in tiles there: a tile is
+    smoother than a whole chest drawn at the model size)."""
     rows: list[tuple[Any, ...]] = []
     for seed in seeds:
         p, noisy = chest_with_noise(seed)

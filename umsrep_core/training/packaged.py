@@ -26,7 +26,6 @@ import torch
 
 from umsrep_core.models.bundle import BUNDLES_DIR
 from umsrep_core.training.compare import grid
-from umsrep_core.training.data import LABELS
 from umsrep_core.training.runs import TrainingError, export, train
 
 __all__ = ["RECIPES", "Recipe", "build"]
@@ -74,7 +73,7 @@ def build(modality: str, out: Path, work: Path, *, data: tuple[str, ...] = ()) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modality", choices=sorted(LABELS), action="append")
+    parser.add_argument("--modality", choices=sorted(RECIPES), action="append")
     parser.add_argument("--data", nargs="+", default=[], metavar="DIR",
                         help="real data set folders for cxr (jsrt-scr, nih-cxr8)")
     parser.add_argument("--out", type=Path, default=BUNDLES_DIR)
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"training with {args.threads} torch threads")
-    for modality in args.modality or sorted(LABELS):
+    for modality in args.modality or sorted(RECIPES):
         print(build(modality, args.out, args.work, data=tuple(args.data)))
     return 0
 

@@ -46,13 +46,13 @@ from tqdm import tqdm
 
 from umsrep_core.errors import UmsrepError
 from umsrep_core.evaluation.metrics import auc, auc_ovr, dice, psnr
-from umsrep_core.evaluation.report import GATES as QUALITY_GATES
 from umsrep_core.evaluation.report import gate_passed
-from umsrep_core.inference import OTHER_AT, default_device, synchronize
+from umsrep_core.inference import default_device, synchronize
 from umsrep_core.models.umsrep import HEADS, STRATEGIES, ModelConfig, UMSRep, set_trainable
+from umsrep_core.pipelines import names, pipeline
+from umsrep_core.pipelines.cxr import OTHER_AT
 from umsrep_core.training.data import (
     DENOISE_GRID,
-    LABELS,
     Batch,
     HeldOut,
     PhantomPool,
@@ -74,11 +74,6 @@ STAGES = ("pretrain", "finetune")
 SCHEDULES = ("joint", "sequential")
 SPEC, CHECKPOINT, RECORD = "spec.json", "checkpoint.pt", "record.json"
 VALIDATION_SEED = 2_000_000  # held out: training pools start at seed * 1_000_000, seed < 2
-# Held-out phantoms a run is validated on. Enough that the gates decide, not the draw: on 64
-# radiographs a chest AUC near its 0.95 gate has a standard error near 0.03 (two 1600-step
-# runs scored 0.937 and 0.910 on the first 64, 0.954 and 0.951 on 256). Doppler types
-# separate fully (AUC 1.0).
-VALIDATION_PHANTOMS = {"cxr": 256, "echo_doppler": 64}
 
 
 class TrainingError(UmsrepError):
@@ -107,7 +102,7 @@ class RunSpec:
     data: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        choices = {"modality": (self.modality, tuple(LABELS)), "stage": (self.stage, STAGES),
+        choices = {"modality": (self.modality, names()), "stage": (self.stage, STAGES),
                    "strategy": (self.strategy, STRATEGIES),
                    "schedule": (self.schedule, SCHEDULES)}
         for name, (value, allowed) in choices.items():
@@ -122,8 +117,10 @@ class RunSpec:
             raise TrainingError(f"strategy {self.strategy!r} needs a pretrained encoder (init)")
         if min(self.steps, self.batch, self.pool) < 1 or self.batch > self.pool:
             raise TrainingError("steps, batch and pool must be positive, batch <= pool")
-        if self.data and self.modality != "cxr":
-            raise TrainingError("real data sets are chest radiographs: --data needs cxr")
+        if self.data and not pipeline(self.modality).real_data:
+            raise TrainingError(f"the real data sets hold no {self.modality} images: --data "
+                                "needs " + " or ".join(n for n in names()
+                                                       if pipeline(n).real_data))
         seg, classes = self.labels
         try:
             # real radiographs are standardised image by image (ModelConfig.standardise)
@@ -138,8 +135,8 @@ class RunSpec:
     def labels(self) -> tuple[list[str], list[str]]:
         """The segmentation and class labels: the modality's, or with real radiographs
         radiographs.CLASS_LABELS (normal, pneumonia, and other: not a chest radiograph)."""
-        seg, classes = LABELS[self.modality]
-        return seg, CLASS_LABELS if self.data else classes
+        plugin = pipeline(self.modality)
+        return list(plugin.seg_labels), CLASS_LABELS if self.data else list(plugin.class_labels)
 
     @property
     def label(self) -> str:
@@ -200,7 +197,7 @@ def export(run: Path, out: Path, *, name: str, version: str = "0.1.0") -> Path:
     return save_bundle(model, {
         "name": name, "version": version, "modality": spec.modality, "seg_labels": seg,
         "class_labels": classes, "normalisation": {},
-        "denoise_grid": DENOISE_GRID[spec.modality],
+        "denoise_grid": DENOISE_GRID,
         "training_data": f"{source}, seed {spec.seed}: {spec.label}, {steps} steps of "
                          f"{spec.batch} at {spec.image_size} px{origin}"}, out)
 
@@ -211,7 +208,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
           stop_at_gates: bool = False) -> dict[str, Any] | None:
     """Run `spec` in directory `out`; returns its record, or None when `stop_after` steps (a
     test's interruption) ended it early with a checkpoint to resume from. `val`: held-out
-    phantoms to validate on (default VALIDATION_PHANTOMS of the modality). `stop_at_gates`:
+    phantoms to validate on (default the pipeline's validation_phantoms). `stop_at_gates`:
     end the run at the first validation that meets every gate, its record holding the steps
     taken (a measurement of the compute to the gates: resumed without it, the run continues
     to its budget exactly as an uninterrupted one)."""
@@ -241,7 +238,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         pretext.set_state(saved["pretext_rng"])
         torch.set_rng_state(saved["torch_rng"])
         state = {k: saved[k] for k in state}
-    held_out = _validation_set(spec.modality, VALIDATION_PHANTOMS[spec.modality]
+    held_out = _validation_set(spec.modality, pipeline(spec.modality).validation_phantoms
                                if val is None else val, spec.image_size, spec.data)
     start = state["step"]
     schedule = _schedule(optimiser, spec, phases, start, saved)
@@ -335,7 +332,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
 
 def gates_met(modality: str, metrics: dict[str, Any]) -> bool:
     """Whether every metric that has a gate of the modality (issue 4's) reaches it."""
-    gates = QUALITY_GATES[modality]
+    gates = pipeline(modality).gates
     return all(gate_passed(*gates[key], value) for key, value in metrics.items() if key in gates)
 
 
@@ -395,8 +392,7 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
                       if truth[i, j].any()]
             if scored:
                 metrics[f"dice.{name}"] = float(np.mean(scored))
-        if spec.modality == "cxr":
-            metrics.update(_ctr_error(predicted, truth))
+        metrics.update(pipeline(spec.modality).mask_metrics(predicted, truth))
     if "classify" in out:
         probs = torch.softmax(torch.from_numpy(out["classify"]), dim=1).numpy()
         if spec.data:
@@ -415,22 +411,6 @@ def validate(model: UMSRep, spec: RunSpec, held_out: HeldOut, *,
 
 
 # --- internals ------------------------------------------------------------------------------
-
-
-def _ctr_error(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """The mean absolute error of the cardiothoracic ratio over the images with all three
-    reference masks, each predicted structure made one solid piece as the Predictor makes it
-    (an unmeasurable prediction counts as an error of the whole ratio)."""
-    from umsrep_core.imaging.morphology import one_solid_piece  # noqa: PLC0415
-    from umsrep_core.measure.chest import cardiothoracic_ratio  # noqa: PLC0415
-
-    errors = []
-    for p, t in zip(predicted, truth, strict=True):
-        reference, _ = cardiothoracic_ratio(*t)
-        if reference is not None:
-            measured, _ = cardiothoracic_ratio(*(one_solid_piece(m) for m in p))
-            errors.append(reference if measured is None else abs(measured - reference))
-    return {"ctr_abs_error": float(np.mean(errors))} if errors else {}
 
 
 def _radiograph_class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -1,12 +1,8 @@
 """DICOM Segmentation (BINARY) of the model's masks, on the source image's pixel grid.
 
-One segment per structure, coded with SNOMED CT:
-- cxr: right lung (3341006), left lung (44029006), heart (80891009), category Anatomical
-  Structure (91723000);
-- echo_doppler: the spectral Doppler envelope. SNOMED CT has no concept for a spectral
-  envelope; the pixels inside it are the velocities of the blood sampled by the Doppler gate,
-  so the segment is typed Blood (87612001), category Body Substance (91720002), with the
-  label and description naming the envelope.
+One segment per structure, as the modality's pipeline codes it (`Pipeline.segments`,
+umsrep_core.pipelines: SNOMED CT lungs and heart for cxr, the Doppler envelope as Blood for
+echo_doppler), in its order.
 
 highdicom builds SEG directly from a single-frame CR, DX or US image (grayscale or RGB). It
 cannot from a multi-frame US image (no frame of reference): build the SEG on the segmented
@@ -15,13 +11,13 @@ frame's single-frame image, `derived.build_frame_image`, and send that image wit
 
 from __future__ import annotations
 
-from typing import Literal
-
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from umsrep_core.pipelines import pipeline
+from umsrep_core.pipelines.base import Code
 from workers.outputs import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
@@ -31,32 +27,11 @@ from workers.outputs import (
 from workers.outputs.sources import with_type2
 from workers.outputs.uids import output_uid, pin_times
 
-Modality = Literal["cxr", "echo_doppler"]
 
-
-def _code(value: str, meaning: str, scheme: str = "SCT") -> hd.sr.CodedConcept:
+def concept(code: Code) -> hd.sr.CodedConcept:
+    """A pipeline's code (value, scheme, meaning) as highdicom's coded concept."""
+    value, scheme, meaning = code
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-ANATOMICAL_STRUCTURE = _code("91723000", "Anatomical Structure")
-BODY_SUBSTANCE = _code("91720002", "Body Substance")
-
-# mask name -> (segment label, category, property type, description); the order is the
-# segment numbers' (1, 2, ...).
-SEGMENTS: dict[Modality, dict[str, tuple[str, hd.sr.CodedConcept, hd.sr.CodedConcept, str]]] = {
-    "cxr": {
-        "right_lung": ("Right lung", ANATOMICAL_STRUCTURE, _code("3341006", "Right lung"),
-                       "right lung"),
-        "left_lung": ("Left lung", ANATOMICAL_STRUCTURE, _code("44029006", "Left lung"),
-                      "left lung"),
-        "heart": ("Heart", ANATOMICAL_STRUCTURE, _code("80891009", "Heart"),
-                  "cardiac silhouette"),
-    },
-    "echo_doppler": {
-        "envelope": ("Doppler envelope", BODY_SUBSTANCE, _code("87612001", "Blood"),
-                     "spectral Doppler envelope (blood flow velocities)"),
-    },
-}
 
 
 def algorithm_identification(model_name: str, model_version: str
@@ -66,19 +41,18 @@ def algorithm_identification(model_name: str, model_version: str
         family=codes.cid7162.ArtificialIntelligence)
 
 
-def _segment_numbers(modality: Modality, masks: dict[str, np.ndarray]) -> dict[str, int]:
-    """Segment numbers 1, 2, ... in `SEGMENTS` order, for the masks given."""
-    names = [name for name in SEGMENTS[modality] if name in masks]
+def _segment_numbers(modality: str, masks: dict[str, np.ndarray]) -> dict[str, int]:
+    """Segment numbers 1, 2, ... in the pipeline's segment order, for the masks given."""
+    names = [name for name in pipeline(modality).segments if name in masks]
     return {name: n for n, name in enumerate(names, start=1)}
 
 
-def _check_masks(source: Dataset, modality: Modality, masks: dict[str, np.ndarray]) -> None:
-    if modality not in SEGMENTS:
-        raise ValueError(f"unknown modality {modality!r} (known: {', '.join(SEGMENTS)})")
-    unknown = sorted(set(masks) - set(SEGMENTS[modality]))
+def _check_masks(source: Dataset, modality: str, masks: dict[str, np.ndarray]) -> None:
+    segments = pipeline(modality).segments  # ValueError for a pipeline not installed
+    unknown = sorted(set(masks) - set(segments))
     if unknown:
         raise ValueError(f"unknown {modality} masks {unknown} (known: "
-                         f"{', '.join(SEGMENTS[modality])})")
+                         f"{', '.join(segments)})")
     if not masks:
         raise ValueError("no masks to segment")
     if int(source.get("NumberOfFrames", 1) or 1) > 1:
@@ -92,22 +66,25 @@ def _check_masks(source: Dataset, modality: Modality, masks: dict[str, np.ndarra
 
 
 def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
-              model_version: str, modality: Modality) -> Dataset:
+              model_version: str, modality: str) -> Dataset:
     """A BINARY Segmentation of `masks` (name -> bool array, source rows x columns).
 
-    Names: right_lung, left_lung, heart (cxr) or envelope (echo_doppler); a missing name has
-    no segment. UIDs derive from the source's SOP Instance UID, the model version and "seg".
+    Names: the pipeline's segments (cxr: right_lung, left_lung, heart; echo_doppler:
+    envelope); a missing name has no segment. UIDs derive from the source's SOP Instance
+    UID, the model version and "seg".
     """
     _check_masks(source, modality, masks)
     source = with_type2(source)
     numbers = _segment_numbers(modality, masks)
+    segments = pipeline(modality).segments
     algorithm = algorithm_identification(model_name, model_version)
     descriptions = []
     for name, number in numbers.items():
-        label, category, prop_type, _ = SEGMENTS[modality][name]
+        segment = segments[name]
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=label,
-            segmented_property_category=category, segmented_property_type=prop_type,
+            segment_number=number, segment_label=segment.label,
+            segmented_property_category=concept(segment.category),
+            segmented_property_type=concept(segment.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm))
     # (frames, rows, columns, segments): one frame, one channel per segment.
@@ -149,5 +126,5 @@ def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
     for item in seg.DimensionIndexSequence:
         item.DimensionOrganizationUID = dimension_uid
     for name, number in numbers.items():
-        seg.SegmentSequence[number - 1].SegmentDescription = SEGMENTS[modality][name][3]
+        seg.SegmentSequence[number - 1].SegmentDescription = segments[name].description
     return seg

@@ -11,9 +11,9 @@ The report holds, for the source image:
   CLINICAL USE statement and the reasons why a value could not be measured.
 A null value is omitted, never written as 0.
 
-Codes: SNOMED CT, DCM and LOINC where the standard has the concept. It has none for the
-cardiothoracic ratio of a radiograph (LOINC 59076-0 is the fetal area ratio) nor for our
-Doppler types, so those use the local scheme 99UMSREP.
+Codes: the modality's pipeline gives the procedure, the labels' coded values and each
+measurement's concept and unit (umsrep_core.pipelines): SNOMED CT, DCM and LOINC where the
+standard has the concept, the local scheme 99UMSREP where it has none.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage as SEGMENTATION
 
+from umsrep_core.pipelines import pipeline
+from umsrep_core.pipelines.base import LOCAL_SCHEME
 from workers.outputs import (
     MANUFACTURER,
     NOT_FOR_CLINICAL_USE,
@@ -33,66 +35,14 @@ from workers.outputs import (
     description,
 )
 from workers.outputs.image_library import image_library
-from workers.outputs.seg import SEGMENTS, Modality
+from workers.outputs.seg import concept
 from workers.outputs.sources import with_type2
 from workers.outputs.uids import output_uid, pin_times
 
 CodedConcept = hd.sr.CodedConcept
-LOCAL_SCHEME = "99UMSREP"
-
-
-def _local(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator=LOCAL_SCHEME, meaning=meaning)
-
-
-def _ucum(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator="UCUM", meaning=meaning)
-
-
-MM2 = _ucum("mm2", "square millimeter")
-CM_PER_S = _ucum("cm/s", "centimeter per second")
-CM = _ucum("cm", "centimeter")
-RATIO = _ucum("{ratio}", "ratio")
-NO_UNITS = _ucum("1", "no units")
-
-AREA = CodedConcept("42798000", "SCT", "Area")
-CTR = _local("CTR", "Cardiothoracic ratio")
-PEAK_VELOCITY = CodedConcept("11726-7", "LN", "Peak Velocity")
-E_PEAK = CodedConcept("18037-2", "LN", "Mitral Valve E-Wave Peak Velocity")
-A_PEAK = CodedConcept("17978-8", "LN", "Mitral Valve A-Wave Peak Velocity")
-E_A_RATIO = CodedConcept("18038-0", "LN", "Mitral Valve E to A Ratio")
-VTI = CodedConcept("20354-7", "LN", "Velocity Time Integral")
+NO_UNITS = CodedConcept("1", "UCUM", "no units")
 CLASSIFICATION = CodedConcept("278201002", "SCT", "Classification")
 QUALITATIVE_EVALUATIONS = CodedConcept("126010", "DCM", "Qualitative Evaluations")
-
-PROCEDURES = {
-    "cxr": CodedConcept("399208008", "SCT", "Plain chest X-ray"),
-    "echo_doppler": CodedConcept("40701008", "SCT", "Echocardiography"),
-}
-# Classification labels -> the coded "Classification" value, per modality.
-LABELS: dict[Modality, dict[str, CodedConcept]] = {
-    "cxr": {
-        "normal": CodedConcept("17621005", "SCT", "Normal"),
-        "abnormal": CodedConcept("263654008", "SCT", "Abnormal"),  # the phantom bundles'
-        "pneumonia": CodedConcept("233604007", "SCT", "Pneumonia"),
-    },
-    "echo_doppler": {
-        "mitral_inflow": _local("MITRAL_INFLOW", "Mitral inflow Doppler (E and A waves)"),
-        "lvot_outflow": _local("LVOT_OUTFLOW", "LVOT/aortic outflow Doppler"),
-        "tricuspid_regurgitation": _local("TR_JET", "Tricuspid regurgitation Doppler"),
-        "not_doppler": _local("NOT_DOPPLER", "Not a spectral Doppler image"),
-    },
-}
-
-# Per mask name: (findings key, sub-key or None, concept, unit) of each measurement.
-MEASUREMENTS: dict[str, list[tuple[str, str | None, CodedConcept, CodedConcept]]] = {
-    "right_lung": [("areas_mm2", "right_lung", AREA, MM2)],
-    "left_lung": [("areas_mm2", "left_lung", AREA, MM2)],
-    "heart": [("areas_mm2", "heart", AREA, MM2), ("ctr", None, CTR, RATIO)],
-    "envelope": [("peak_velocity_cm_s", None, PEAK_VELOCITY, CM_PER_S),
-                 ("e_cm_s", None, E_PEAK, CM_PER_S), ("a_cm_s", None, A_PEAK, CM_PER_S),
-                 ("e_a_ratio", None, E_A_RATIO, RATIO), ("vti_cm", None, VTI, CM)],
-}
 
 
 def _value(findings: Mapping[str, Any], key: str, sub: str | None) -> float | None:
@@ -102,20 +52,13 @@ def _value(findings: Mapping[str, Any], key: str, sub: str | None) -> float | No
     return None if value is None else float(value)
 
 
-def _label(findings: Mapping[str, Any], modality: Modality) -> str | None:
-    if modality == "echo_doppler" and findings.get("doppler_type") is not None:
-        return str(findings["doppler_type"])
-    label = findings.get("label")
-    return None if label is None else str(label)
-
-
-def _classification(source: Dataset, findings: Mapping[str, Any], modality: Modality,
+def _classification(source: Dataset, findings: Mapping[str, Any], modality: str,
                     algorithm: hd.sr.AlgorithmIdentification, tracking_uid: str
                     ) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
-    label = _label(findings, modality)
+    label = pipeline(modality).reported_label(findings)
     if label is None:
         return None
-    known = LABELS[modality]
+    known = pipeline(modality).label_codes
     if label not in known:
         raise ValueError(f"unknown {modality} label {label!r} (known: {', '.join(known)})")
     probability = findings.get("probability")
@@ -127,7 +70,8 @@ def _classification(source: Dataset, findings: Mapping[str, Any], modality: Moda
                                                      identifier="classification"),
         algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(CLASSIFICATION, known[label])],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(CLASSIFICATION,
+                                                             concept(known[label]))],
         measurements=measurements)
 
 
@@ -146,27 +90,31 @@ def _frame_of(seg: Dataset, segment_number: int) -> int:
 
 
 def _segment_groups(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *,
-                    modality: Modality, algorithm: hd.sr.AlgorithmIdentification,
+                    modality: str, algorithm: hd.sr.AlgorithmIdentification,
                     tracking_uids: list[str]
                     ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     source_image = hd.sr.SourceImageForSegmentation.from_source_image(source)
-    by_label = {spec[0]: (name, spec) for name, spec in SEGMENTS[modality].items()}
+    plugin = pipeline(modality)
+    by_label = {segment.label: name for name, segment in plugin.segments.items()}
     groups = []
     for item in seg.SegmentSequence:
-        name, (label, _, prop_type, _) = by_label[str(item.SegmentLabel)]
+        name = by_label[str(item.SegmentLabel)]
+        segment = plugin.segments[name]
         measurements = [
-            hd.sr.Measurement(name=concept, value=value, unit=unit, algorithm_id=algorithm)
-            for key, sub, concept, unit in MEASUREMENTS[name]
-            if (value := _value(findings, key, sub)) is not None]
+            hd.sr.Measurement(name=concept(m.concept), value=value, unit=concept(m.unit),
+                              algorithm_id=algorithm)
+            for m in plugin.measurements.get(name, ())
+            if (value := _value(findings, m.key, m.sub)) is not None]
         number = int(item.SegmentNumber)
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uids[number - 1],
-                                                         identifier=label),
+                                                         identifier=segment.label),
             referenced_segment=hd.sr.ReferencedSegmentationFrame(
                 sop_class_uid=SEGMENTATION, sop_instance_uid=str(seg.SOPInstanceUID),
                 frame_number=_frame_of(seg, number), segment_number=number,
                 source_image=source_image),
-            finding_type=prop_type, algorithm_id=algorithm, measurements=measurements))
+            finding_type=concept(segment.type), algorithm_id=algorithm,
+            measurements=measurements))
     return groups
 
 
@@ -181,14 +129,13 @@ def _comments(findings: Mapping[str, Any]) -> hd.sr.ContainerContentItem:
 
 
 def build_sr(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *, model_name: str,
-             model_version: str, modality: Modality) -> Dataset:
+             model_version: str, modality: str) -> Dataset:
     """A Comprehensive SR (TID 1500) of `findings` (a prediction's JSON) referencing `seg`.
 
     `seg` is `build_seg`'s output for the same source. UIDs derive from the source's SOP
     Instance UID, the model version and "sr".
     """
-    if modality not in PROCEDURES:
-        raise ValueError(f"unknown modality {modality!r} (known: {', '.join(PROCEDURES)})")
+    procedure = concept(pipeline(modality).procedure)  # ValueError: no such pipeline
     source = with_type2(source)
     source_uids = [str(source.SOPInstanceUID)]
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
@@ -209,7 +156,7 @@ def build_sr(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *, mode
             model_name=f"{model_name} {model_version}"[:64]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=PROCEDURES[modality],
+        procedure_reported=procedure,
         imaging_measurements=groups)
     content = report[0].ContentSequence
     # The Image Library (TID 1500 row 5) goes before the measurements; ours, not highdicom's
