@@ -1,24 +1,23 @@
-"""The node's HTTP port: DICOMweb WADO-RS retrieval (PS3.18 10.4) of what it received, as
-received, for anything that reads DICOMweb (and, next, for workers on other hosts).
+"""The node's HTTP port: DICOMweb (PS3.18) for what it received and what workers make of
+it, and the job API of workers on other hosts (`workers.remote_journal`), so that none touches
+the node's SQLite or spool.
 
-    GET /dicomweb/studies/{study}[?version=N]                      the study's instances
-    GET /dicomweb/studies/{study}/series/{series}/instances/{sop}  one of them
+    GET  /dicomweb/studies/{study}[?version=N]                      WADO-RS: its instances
+    GET  /dicomweb/studies/{study}/series/{series}/instances/{sop}  one of them
+    POST /dicomweb/studies/{study}[?version=N&destination=NAME...]  STOW-RS: a job's outputs,
+                                                     kept in the node's outputs folder, queued
+                                                     to each destination named
+    POST /api/journal/{method}   a job's journal calls (JOB_CALLS), JSON in and out; 409 to a
+                                 try whose job was given to another
 
-Both answer multipart/related; type="application/dicom", one part per instance, each the
-file as the spool holds it. `version` is ours: a study received again after it completed is a
-new version (README), and the latest is the default. Every request needs
+WADO-RS answers multipart/related; type="application/dicom", one part per instance, each the
+file as the spool holds it. STOW-RS takes the same form and answers the standard's JSON
+(application/dicom+json: ReferencedSOPSequence, FailedSOPSequence with a FailureReason):
+200 all stored, 202 some, 409 none. `version` is ours: a study received again after it
+completed is a new version (README), and the latest is the default. Every request needs
 `Authorization: Bearer <token>` (the token in `api.token_file`); TLS when `api.tls` is set;
 loopback unless `api.bind` says otherwise. Served by tornado (Flower's server) in a thread of
 its own, files streamed a part at a time.
-
-Workers on other hosts use two more endpoints (`workers.remote_journal`), so that none touches
-the node's SQLite or spool:
-
-    POST /api/journal/{method}              a job's journal calls (JOB_CALLS), JSON in and out;
-                                            409 to a try whose job was given to another
-    POST /api/studies/{key}/outputs?destination=NAME
-                                            a job's outputs, multipart/related like STOW-RS:
-                                            kept in the node's outputs folder, queued to NAME
 """
 
 from __future__ import annotations
@@ -28,25 +27,30 @@ import dataclasses
 import email.parser
 import email.policy
 import hmac
+import io
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable
-from email.message import EmailMessage
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pydicom
 from pydantic import BaseModel
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Api
-from pacs_node.journal import Instance, Journal, study_key
+from pacs_node.journal import Instance, Journal, Study, study_key
 from pacs_node.sender import server_tls_context
-from pacs_node.spool import file_name, write_durably
+from pacs_node.spool import file_name, output_name, write_durably
 from umsrep_core.errors import ClaimLost, ConfigError
 from umsrep_core.phi import describe
 
@@ -104,35 +108,8 @@ class JobCall(Authenticated):
         self.finish({"result": _plain(result)})
 
 
-class Outputs(Authenticated):
-    """A job's output objects, one application/dicom part each (its file name in
-    Content-Location): kept under the node's outputs folder, queued to the destinations."""
-
-    def post(self, key: str) -> None:
-        study = self.journal.study(key)
-        if study is None:
-            raise HTTPError(404, f"no study {key}")
-        message = multipart(self.request.headers.get("Content-Type", ""), self.request.body)
-        if message.get_content_type() != "multipart/related":
-            raise HTTPError(415, "multipart/related of application/dicom parts is expected")
-        folder = self.data_dir / "outputs" / file_name(study.study_uid)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for part in message.iter_parts():
-            name = Path(str(part.get("Content-Location", ""))).name
-            body = part.get_payload(decode=True)
-            if not name.endswith(".dcm") or not isinstance(body, bytes):
-                raise HTTPError(400, "each part needs a Content-Location naming a .dcm file")
-            path = folder / name
-            write_durably(path, _writer(body))
-            paths.append(path)
-        for destination in self.get_arguments("destination"):
-            self.journal.enqueue(key, destination, paths)
-        self.finish({"stored": len(paths)})
-
-
-class Retrieve(Authenticated):
-    """WADO-RS: a study version's instances, or one of them."""
+class Studies(Authenticated):
+    """WADO-RS: a study version's instances, or one of them; STOW-RS: outputs made of it."""
 
     async def get(self, study_uid: str, series_uid: str | None = None,
                   sop_uid: str | None = None) -> None:
@@ -153,22 +130,105 @@ class Retrieve(Authenticated):
             self.write(b"\r\n")
         self.write(f"--{boundary}--\r\n".encode())
 
+    def post(self, study_uid: str) -> None:
+        study = self._study(study_uid)
+        if study is None:
+            raise HTTPError(404, "no such study")
+        try:
+            parts = multipart_related(self.request.headers.get("Content-Type", ""),
+                                      self.request.body)
+        except ValueError as exc:
+            raise HTTPError(415, str(exc)) from exc
+        folder = self.data_dir / "outputs" / file_name(study_uid)
+        stored: list[tuple[Dataset, Path]] = []
+        failed: list[tuple[Dataset | None, int]] = []
+        for part in parts:
+            body = part.body
+            try:
+                ds = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True)
+                name = output_name(ds)
+            except (InvalidDicomError, AttributeError, ValueError):
+                failed.append((None, CANNOT_UNDERSTAND))
+                continue
+            if str(ds.get("StudyInstanceUID", "")) != study_uid:
+                failed.append((ds, OTHER_STUDY))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            write_durably(folder / name, _writer(body))
+            stored.append((ds, folder / name))
+        for destination in self.get_arguments("destination"):
+            self.journal.enqueue(study.study_key, destination, [p for _, p in stored])
+        self.set_status(200 if not failed else 202 if stored else 409)
+        self.set_header("Content-Type", "application/dicom+json")
+        self.finish(json.dumps(_stow_response(stored, failed)))
+
     def _version(self, study_uid: str) -> list[Instance]:
-        asked = self.get_argument("version", None)
-        if asked is None:
-            study = self.journal.latest(study_uid)
-        elif asked.isdigit():
-            study = self.journal.study(study_key(study_uid, int(asked)))
-        else:
-            raise HTTPError(400, "version is a whole number")
+        study = self._study(study_uid)
         return [] if study is None else self.journal.instances(study.study_key)
 
+    def _study(self, study_uid: str) -> Study | None:
+        """The version asked for (`version`), else the latest."""
+        asked = self.get_argument("version", None)
+        if asked is None:
+            return self.journal.latest(study_uid)
+        if asked.isdigit():
+            return self.journal.study(study_key(study_uid, int(asked)))
+        raise HTTPError(400, "version is a whole number")
 
-def multipart(content_type: str, body: bytes) -> EmailMessage:
-    """An HTTP body of that content type, read by the standard library's MIME parser: the
-    parts of a multipart/related one are its `iter_parts()` (both ends of this API)."""
-    return email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+
+# STOW-RS FailureReason (PS3.18 Table 10.5.3-2): a part that is no DICOM file; an instance of
+# another study than the one posted to (dcm4chee's 0xC409, as the standard names none).
+CANNOT_UNDERSTAND, OTHER_STUDY = 0xC000, 0xC409
+
+
+def _stow_response(stored: list[tuple[Dataset, Path]],
+                   failed: list[tuple[Dataset | None, int]]) -> dict[str, Any]:
+    """The Store Instances Response Module (PS3.18 10.5.3), DICOM JSON."""
+    def item(ds: Dataset | None, reason: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if ds is not None:
+            out = {"00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                   "00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]}}
+        if reason is not None:
+            out["00081197"] = {"vr": "US", "Value": [reason]}
+        return out
+
+    response: dict[str, Any] = {}
+    if stored:
+        response["00081199"] = {"vr": "SQ", "Value": [item(ds) for ds, _ in stored]}
+    if failed:
+        response["00081198"] = {"vr": "SQ", "Value": [item(ds, r) for ds, r in failed]}
+    return response
+
+
+@dataclass(frozen=True)
+class Part:
+    headers: Message
+    body: bytes
+
+
+def multipart_related(content_type: str, body: bytes) -> list[Part]:
+    """The parts of a multipart/related body of application/dicom parts (PS3.18 8.6.1.2;
+    both ends of this API). Split at the boundary (RFC 2046), each part's headers read by the
+    standard library's parser: its MIME parser takes a second per 8 MB image, being line by
+    line. ValueError for another content type."""
+    header = email.parser.HeaderParser(policy=email.policy.HTTP).parsestr(
+        f"Content-Type: {content_type}\r\n\r\n")
+    boundary = header.get_param("boundary")
+    if (header.get_content_type(), header.get_param("type")) != (
+            "multipart/related", "application/dicom") or not isinstance(boundary, str):
+        raise ValueError('multipart/related; type="application/dicom" with a boundary is '
+                         "expected")
+    parts = []
+    for chunk in (b"\r\n" + body).split(b"\r\n--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):  # the close delimiter: the epilogue follows
+            break
+        rest = chunk.partition(b"\r\n")[2]  # after the delimiter line (its padding)
+        head, _, payload = (b"", b"", rest[2:]) if rest.startswith(b"\r\n") else (
+            rest.partition(b"\r\n\r\n"))
+        headers = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(head)
+        parts.append(Part(headers, payload))
+    return parts
 
 
 def _writer(data: bytes) -> Callable[[BinaryIO], object]:
@@ -205,11 +265,10 @@ class ApiServer:
             asyncio.set_event_loop(self._loop)
             handlers = {"journal": self.journal, "token": self.token, "data_dir": self.data_dir}
             app = Application([
-                (r"/dicomweb/studies/([^/]+)", Retrieve, handlers),
-                (r"/dicomweb/studies/([^/]+)/series/([^/]+)/instances/([^/]+)", Retrieve,
+                (r"/dicomweb/studies/([^/]+)", Studies, handlers),
+                (r"/dicomweb/studies/([^/]+)/series/([^/]+)/instances/([^/]+)", Studies,
                  handlers),
                 (r"/api/journal/([a-z_]+)", JobCall, handlers),
-                (r"/api/studies/([^/]+)/outputs", Outputs, handlers),
             ], max_body_size=MAX_OUTPUTS_BYTES)
             tls = server_tls_context(self.api.tls) if self.api.tls is not None else None
             self._server = HTTPServer(app, ssl_options=tls)

@@ -131,8 +131,9 @@ class Retry(Strict):
 
 
 class Api(Strict):
-    """The node's HTTP port: DICOMweb WADO-RS retrieval of what it received. Off unless a port
-    is given; every request needs `Authorization: Bearer <the token in token_file>`."""
+    """The node's HTTP port (pacs_node.api): DICOMweb WADO-RS of what it received, STOW-RS of
+    what workers make of it, their job API. Off unless a port is given; every request needs
+    `Authorization: Bearer <the token in token_file>`."""
 
     port: int | None = Field(default=None, ge=0, le=65535)
     bind: str = "127.0.0.1"

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom.dataset import Dataset
+
 from umsrep_core.errors import IngestError
 
 # DICOM UID grammar (PS3.5 9.1): components of digits without a leading zero, at most 64 chars.
@@ -53,6 +55,18 @@ def file_name(uid: str) -> str:
     if is_valid_uid(uid):
         return uid
     return "x" + hashlib.sha256(uid.encode()).hexdigest()[:40]
+
+
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def output_name(ds: Dataset) -> str:
+    """The file name of an object we write (workers.pipeline) or a worker returns (STOW-RS);
+    ValueError for a Modality that is no code string (it could name another folder)."""
+    modality = str(ds.get("Modality", ""))
+    if not _CODE_STRING.fullmatch(modality):
+        raise ValueError(f"Modality {modality!r} is not a code string")
+    return f"{modality}-{file_name(str(ds.SOPInstanceUID))}.dcm"
 
 
 class Spool:

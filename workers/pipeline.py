@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from pacs_node.config import Config, Process
 from pacs_node.dispatch import JobJournal
-from pacs_node.spool import file_name, write_durably
+from pacs_node.spool import file_name, output_name, write_durably
 from umsrep_core.errors import RoutingError, StudySkipped
 from umsrep_core.inference import Prediction, Predictor, default_device
 from umsrep_core.models.bundle import load_bundle
@@ -88,7 +88,7 @@ def outputs_for(source: Dataset, prediction: Prediction, process: Process, model
 
 
 def write_output(ds: Dataset, folder: Path) -> Path:
-    path = folder / f"{ds.Modality}-{ds.SOPInstanceUID}.dcm"
+    path = folder / output_name(ds)
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The journal of a node on another host, as a job uses it: each call goes to the node's API
 (`pacs_node.api`), the study's instances come by WADO-RS into a folder of the worker's own,
-and the outputs go back to the node, which keeps and delivers them. A worker that uses it
+and the outputs go back by STOW-RS to the node, which keeps and delivers them. A worker that uses it
 touches neither the node's SQLite nor its spool.
 
 A worker uses it when UMSREP_NODE_URL names the node's API (`http://pacs-node:8042`), with the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pacs_node.api import multipart
+from pacs_node.api import multipart_related
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.config import Process
 from pacs_node.journal import Instance, Study
@@ -64,7 +64,7 @@ class RemoteJournal:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as reply:  # noqa: S310
                 return str(reply.headers.get("Content-Type", "")), bytes(reply.read())
         except urllib.error.HTTPError as exc:
-            if exc.code == 409:
+            if exc.code == 409 and path.startswith("/api/journal/"):
                 raise ClaimLost(f"node API {path}: {exc.read().decode(errors='replace')}") \
                     from exc
             if exc.code >= 500:
@@ -139,23 +139,30 @@ class RemoteJournal:
             study.study_uid, "series", row["series_uid"], "instances", row["sop_instance_uid"]))
         content_type, answer = self._request(f"/dicomweb/studies/{uids}"
                                              f"?version={study.version}")
-        [part] = list(multipart(content_type, answer).iter_parts())
-        payload = part.get_payload(decode=True)
-        assert isinstance(payload, bytes)
-        return payload
+        [part] = multipart_related(content_type, answer)
+        return part.body
 
     def enqueue(self, key: str, destination: str, paths: list[Path]) -> int:
-        """Send the outputs to the node, which keeps them and queues them to `destination`."""
+        """Send the outputs to the node by STOW-RS; it keeps them and queues them to
+        `destination`."""
+        study = self.study(key)
+        if study is None:
+            raise RuntimeError(f"node API: no study {key}")
         boundary = uuid.uuid4().hex
         body = b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n"
-            f"Content-Location: {path.name}\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
-            for path in paths) + f"--{boundary}--\r\n".encode()
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + path.read_bytes() + b"\r\n" for path in paths) + f"--{boundary}--\r\n".encode()
         _, answer = self._request(
-            f"/api/studies/{quote(key, safe='@')}/outputs?destination={quote(destination)}",
+            f"/dicomweb/studies/{quote(study.study_uid, safe='')}?version={study.version}"
+            f"&destination={quote(destination)}",
             body, f'multipart/related; type="application/dicom"; boundary={boundary}')
         self._sent.update(paths)
-        return int(json.loads(answer)["stored"])
+        stow = json.loads(answer)
+        failed = stow.get("00081198", {}).get("Value", [])
+        if failed:  # 202: some stored, some not (409, none, raised above)
+            raise RuntimeError(f"node refused {len(failed)} of {len(paths)} outputs (STOW-RS "
+                               "FailedSOPSequence)")
+        return len(stow.get("00081199", {}).get("Value", []))
 
     def close(self) -> None:
         """The task is over: the instances it fetched and the outputs the node now keeps go

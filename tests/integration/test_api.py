@@ -1,10 +1,11 @@
-"""The node's DICOMweb port: WADO-RS retrieval of what it received, byte for byte, to a caller
-with the token only."""
+"""The node's HTTP port: WADO-RS retrieval of what it received, byte for byte, STOW-RS of what
+workers make of it, and the job API, to a caller with the token only."""
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
+import io
 import json
 import urllib.error
 import urllib.request
@@ -99,7 +100,7 @@ def post(url: str, body: bytes, content_type: str = "application/json",
         return exc.code, json.loads(exc.read())
 
 
-def test_the_job_api_takes_only_its_calls_and_keeps_outputs_in_their_folder(
+def test_the_job_api_takes_only_its_calls(
         serve: Any, study_files: Any, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -118,15 +119,67 @@ def test_the_job_api_takes_only_its_calls_and_keeps_outputs_in_their_folder(
     status, answer = post(f"{api}/journal/study", json.dumps({"nope": 1}).encode())
     assert status == 400 and answer["error"].startswith("study: TypeError")
 
-    boundary = "b0undary"
-    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n"
-            "Content-Location: ../../../escaped.dcm\r\n\r\n").encode() + b"DICM-ish" + \
-        f"\r\n--{boundary}--\r\n".encode()
-    status, answer = post(f"{api}/studies/{key}/outputs", body,
-                          f'multipart/related; type="application/dicom"; boundary={boundary}')
-    assert (status, answer) == (200, {"stored": 1})
-    [kept] = list((node.data_dir / "outputs").rglob("*.dcm"))
-    assert kept.name == "escaped.dcm" and kept.read_bytes() == b"DICM-ish"
-    assert not list(tmp_path.glob("escaped*")) and not list(node.data_dir.glob("escaped*"))
-    assert post(f"{api}/studies/1.2.3@1/outputs", body,
-                f'multipart/related; type="application/dicom"; boundary={boundary}')[0] == 404
+
+
+def stow_body(*parts: bytes, boundary: str = "b0undary") -> tuple[bytes, str]:
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                    + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def output_of(source: Path, uid: str, **changes: str) -> bytes:
+    """A DICOM file of the source's study (an SR in name), as a worker would return."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.Modality = "SR"
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # a Modality naming a folder
+def test_stow_rs_keeps_a_job_outputs_and_says_which_it_refused(serve: Any, study_files: Any,
+                                                                tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    node = serve(node_config(tmp_path / "data", 0, api={"port": port,
+                                                        "token_file": str(token_file)}))
+    [source] = study_files("cr", rows=64, columns=64)
+    assert storescu(node.port, [source]).returncode == 0
+    [(key,)] = wait_until(lambda: journal_rows(node.data_dir, "SELECT study_key FROM studies"))
+    study_uid = str(pydicom.dcmread(source).StudyInstanceUID)
+    stow = f"http://127.0.0.1:{port}/dicomweb/studies/{study_uid}"
+
+    body, content_type = stow_body(output_of(source, "1.2.826.0.1.3680043.10.4711.1"))
+    status, answer = post(f"{stow}?version=1&destination=results", body, content_type)
+    assert status == 200 and "00081198" not in answer
+    [stored] = answer["00081199"]["Value"]
+    assert stored["00081155"]["Value"] == ["1.2.826.0.1.3680043.10.4711.1"]
+    kept = node.data_dir / "outputs" / study_uid / "SR-1.2.826.0.1.3680043.10.4711.1.dcm"
+    assert kept.read_bytes() == output_of(source, "1.2.826.0.1.3680043.10.4711.1")
+    assert journal_rows(node.data_dir, "SELECT study_key, destination, path FROM outbox") == [
+        (key, "results", str(kept))]  # queued to the destination named
+
+    body, content_type = stow_body(
+        output_of(source, "1.2.826.0.1.3680043.10.4711.2"),
+        b"DICM-ish",  # no DICOM file
+        output_of(source, "1.2.826.0.1.3680043.10.4711.3", StudyInstanceUID="1.2.3"),
+        output_of(source, "1.2.826.0.1.3680043.10.4711.4", Modality="../../x"))
+    status, answer = post(stow, body, content_type)
+    assert status == 202  # some stored, some not
+    assert len(answer["00081199"]["Value"]) == 1
+    assert [item["00081197"]["Value"][0] for item in answer["00081198"]["Value"]] == [
+        0xC000, 0xC409, 0xC000]
+    assert sorted(p.name for p in (node.data_dir / "outputs").rglob("*")) == [
+        study_uid, "SR-1.2.826.0.1.3680043.10.4711.1.dcm",
+        "SR-1.2.826.0.1.3680043.10.4711.2.dcm"]  # nothing escaped its folder
+    assert not list(tmp_path.rglob("x*.dcm"))
+
+    body, content_type = stow_body(b"DICM-ish")
+    assert post(stow, body, content_type)[0] == 409  # none stored
+    assert post(f"http://127.0.0.1:{port}/dicomweb/studies/1.2.3", body, content_type)[0] == 404
+    assert post(stow, body, "application/json")[0] == 415
+    assert post(stow, body, content_type, token=None)[0] == 401
