@@ -137,6 +137,9 @@ class Api(Strict):
 
     port: int | None = Field(default=None, ge=0, le=65535)
     bind: str = "127.0.0.1"
+    # Where workers on other hosts reach this API (https://pacs-node:8042): sent with each
+    # task, so that a worker needs only the token file (UMSREP_NODE_URL, where set, wins).
+    url: str | None = Field(default=None, pattern=r"^https?://")
     token_file: Path | None = None
     tls: TLS | None = None  # cert and key of this end (ca: callers must show a certificate)
 

@@ -1,9 +1,12 @@
 """Dispatch of routed studies: a Celery task message, or the same task in-process.
 
-The task is `umsrep.process_study(study_key, route)`, JSON arguments, on the route's
-pipeline queue. With no broker configured, the node runs the registered handler for that
-task name in a bounded pool of its own threads. Handlers are registered as entry points
-in the group `umsrep.handlers` (the workers package provides `umsrep.process_study`).
+The task is `umsrep.process_study(study_key, route, process=..., node=...)`, JSON arguments,
+on the route's pipeline queue: the message carries what can change between routing and the
+run, the route's process settings as the study was routed with and, where the node's API has
+a public URL (`api.url`), the URL that workers on other hosts reach it at. With no broker
+configured, the node runs the registered handler for that task name in a bounded pool of its
+own threads. Handlers are registered as entry points in the group `umsrep.handlers` (the
+workers package provides `umsrep.process_study`).
 
 Both paths end a job alike (`run_job`): an error that may pass (`is_transient`) is tried
 again while tries are left, any other error fails the job at once with its reason. A job whose
@@ -100,7 +103,7 @@ class TriesLost(UmsrepError):
 
 
 class Dispatcher(Protocol):
-    def dispatch(self, study_key: str, route: str, queue: str) -> None: ...
+    def dispatch(self, study_key: str, route: str, queue: str, process: Process) -> None: ...
 
     def close(self) -> None: ...
 
@@ -239,8 +242,8 @@ class EmbeddedDispatcher:
         self.pool = ThreadPoolExecutor(max_workers=config().node.embedded_workers,
                                        thread_name_prefix="job")
 
-    def dispatch(self, study_key: str, route: str, queue: str) -> None:
-        self.pool.submit(self._run, study_key, route)
+    def dispatch(self, study_key: str, route: str, queue: str, process: Process) -> None:
+        self.pool.submit(self._run, study_key, route)  # its process: the journal's
 
     def _run(self, study_key: str, route: str) -> None:
         for attempt in range(1, self.attempts + 1):
@@ -261,9 +264,10 @@ class EmbeddedDispatcher:
 class CeleryDispatcher:
     """Sends the task message through the broker; only sends (the node runs no worker)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, node_url: str | None = None) -> None:
         from celery import Celery  # noqa: PLC0415 - only nodes with a broker pay its import
 
+        self.node_url = node_url
         self.app = Celery("umsrep-node", broker=broker.url, backend=broker.result_backend)
         # A broker that accepts connections and never answers would hold the dispatch thread
         # for ever without socket timeouts (kombu's redis transport sets none by default).
@@ -274,9 +278,12 @@ class CeleryDispatcher:
                                  "socket_timeout": BROKER_TIMEOUT_S,
                                  "socket_connect_timeout": BROKER_TIMEOUT_S})
 
-    def dispatch(self, study_key: str, route: str, queue: str) -> None:
+    def dispatch(self, study_key: str, route: str, queue: str, process: Process) -> None:
+        kwargs: dict[str, Any] = {"process": process.model_dump(mode="json")}
+        if self.node_url is not None:
+            kwargs["node"] = self.node_url
         try:
-            self.app.send_task(TASK_NAME, args=[study_key, route], queue=queue,
+            self.app.send_task(TASK_NAME, args=[study_key, route], kwargs=kwargs, queue=queue,
                                retry=True, retry_policy={"max_retries": 2,
                                                          "interval_start": 0.2,
                                                          "interval_step": 0.5})

@@ -10,12 +10,13 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from pacs_node import router
 from pacs_node.api import ApiServer
 from pacs_node.assembler import Assembler
 from pacs_node.attrs import OWN_MANUFACTURER
-from pacs_node.config import Config, Routing
+from pacs_node.config import Config, Process, Routing
 from pacs_node.dispatch import (
     CeleryDispatcher,
     Dispatcher,
@@ -47,7 +48,7 @@ class Node:
         self.receiver = Receiver(config, self.spool, self.journal, self.assembler.on_release)
         self.deliverer = Deliverer(self.journal, config, calling_ae=config.node.ae_titles[0])
         self.dispatcher: Dispatcher = (
-            CeleryDispatcher(config.broker) if config.broker is not None
+            CeleryDispatcher(config.broker, config.api.url) if config.broker is not None
             else EmbeddedDispatcher(self.journal, lambda: self.config,
                                     handler or installed_handler(),
                                     after_job=self.deliverer.wake))
@@ -143,12 +144,21 @@ class Node:
                 log.warning("study %s: job %s not started %.0f s after it was sent: sending "
                             "it again", job["study_key"], job["route"], time.time() - sent)
             try:
-                self.dispatcher.dispatch(job["study_key"], job["route"], job["queue"])
+                self.dispatcher.dispatch(job["study_key"], job["route"], job["queue"],
+                                         self._process(job))
             except DeliveryError as exc:
                 log.warning("study %s: dispatch of %s deferred: %s", job["study_key"],
                             job["route"], exc)
                 return
             self.journal.job_dispatched(job["study_key"], job["route"])
+
+    def _process(self, job: dict[str, Any]) -> Process:
+        """The settings the job was queued with; the rule's current ones for a job that an
+        older version queued without them."""
+        if job["process"]:
+            return Process.model_validate_json(job["process"])
+        return next(r.process for r in self.config.routing.rules
+                    if r.name == job["route"] and r.process is not None)
 
     def requeue_silent(self) -> None:
         timeout = self.config.node.heartbeat_timeout_s

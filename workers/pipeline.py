@@ -96,8 +96,10 @@ def write_output(ds: Dataset, folder: Path) -> Path:
     return path
 
 
-def process_study(journal: JobJournal, config: Config, study_key: str, route: str) -> None:
-    process = job_process(journal, config, study_key, route)
+def process_study(journal: JobJournal, config: Config, study_key: str, route: str,
+                  process: Process | None = None) -> None:
+    """`process`: the route's settings as the task message carries them; else the journal's."""
+    process = process or job_process(journal, config, study_key, route)
     started = time.perf_counter()
     model = predictor(process.bundle or process.pipeline)
     name, version = str(model.bundle.manifest["name"]), str(model.bundle.manifest["version"])

@@ -3,9 +3,9 @@
 and the outputs go back by STOW-RS to the node, which keeps and delivers them. A worker that uses it
 touches neither the node's SQLite nor its spool.
 
-A worker uses it when UMSREP_NODE_URL names the node's API (`http://pacs-node:8042`), with the
-token in the file UMSREP_NODE_TOKEN_FILE; its own config then needs only the broker, and its
-`node.data_dir` is its scratch folder.
+A worker uses it when UMSREP_NODE_URL names the node's API (`http://pacs-node:8042`), or the
+task message does (the node's `api.url`), with the token in the file UMSREP_NODE_TOKEN_FILE;
+its own config then needs only the broker, and its `node.data_dir` is its scratch folder.
 """
 
 from __future__ import annotations
@@ -46,11 +46,17 @@ class RemoteJournal:
         self._sent: set[Path] = set()
 
     @classmethod
-    def from_environment(cls, scratch: Path) -> RemoteJournal | None:
-        url = os.environ.get(URL_VARIABLE)
+    def from_environment(cls, scratch: Path, node: str | None = None) -> RemoteJournal | None:
+        """The node's journal at UMSREP_NODE_URL, else at `node` (the task message's URL);
+        None with neither: the worker shares the node's data directory."""
+        url = os.environ.get(URL_VARIABLE) or node
         if not url:
             return None
-        token = Path(os.environ[TOKEN_VARIABLE]).read_text(encoding="utf-8").strip()
+        token_file = os.environ.get(TOKEN_VARIABLE)
+        if not token_file:
+            raise ConfigError(f"the node's API at {url} needs its token: set {TOKEN_VARIABLE}"
+                              " to the token file")
+        token = Path(token_file).read_text(encoding="utf-8").strip()
         return cls(url, token, scratch)
 
     def _request(self, path: str, body: bytes | None = None,

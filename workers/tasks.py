@@ -12,9 +12,11 @@ SUCCESS whose result reads 'failed'.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
+from pacs_node.config import Process
 from pacs_node.dispatch import TASK_NAME, JobJournal, run_job
 from pacs_node.journal import Journal, journal_path
 from umsrep_core.errors import TransientError, UmsrepError
@@ -36,18 +38,22 @@ class JobFailed(UmsrepError):
 @app.task(bind=True, name=TASK_NAME, autoretry_for=(TransientError,), max_retries=MAX_RETRIES,
           retry_backoff=RETRY_BACKOFF_S, retry_backoff_max=RETRY_BACKOFF_MAX_S,
           retry_jitter=True, throws=(JobFailed,))
-def process_study(self: Any, study_key: str, route: str) -> str | None:
+def process_study(self: Any, study_key: str, route: str, process: dict[str, Any] | None = None,
+                  node: str | None = None) -> str | None:
     """Returns the job's outcome (done, skipped; None if it had already ended); raises
-    JobFailed when it failed."""
+    JobFailed when it failed. `process`: the route's settings as routed; `node`: the URL of
+    the node's API, where it has a public one."""
     config = settings()
-    # The node's journal over its API when the worker runs elsewhere (UMSREP_NODE_URL),
-    # else the node's data directory, shared.
-    journal: JobJournal = (RemoteJournal.from_environment(config.node.data_dir)
+    # The node's journal over its API when the worker runs elsewhere (UMSREP_NODE_URL, or the
+    # message's URL), else the node's data directory, shared.
+    journal: JobJournal = (RemoteJournal.from_environment(config.node.data_dir, node)
                            or Journal(journal_path(config.node.data_dir)))
+    handler = pipeline if process is None else functools.partial(
+        pipeline, process=Process.model_validate(process))
     began = time.time()
     queue = str(self.request.delivery_info.get("routing_key", ""))  # the route's pipeline
     try:
-        outcome = run_job(journal, config, study_key, route, pipeline,
+        outcome = run_job(journal, config, study_key, route, handler,
                           attempt=self.request.retries + 1, attempts=self.max_retries + 1)
         if outcome is not None:
             metrics.record(journal, study_key, queue, outcome, since=began)

@@ -58,11 +58,19 @@ def running(tmp_path: Path) -> Iterator[Any]:
         node.stop()
 
 
+def token_file(folder: Path) -> Path:
+    path = folder / "api-token"
+    path.write_text("a-token-of-the-test-0123456789")
+    return path
+
+
 def test_routed_study_becomes_a_celery_message_on_the_route_queue(
-        running: Any, study_files: Any) -> None:
+        running: Any, study_files: Any, tmp_path: Path) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     client.delete("cxr", "echo_doppler")
-    node = running(broker={"url": REDIS_URL})
+    node = running(broker={"url": REDIS_URL},
+                   api={"port": 0, "token_file": str(token_file(tmp_path)),
+                        "url": "https://pacs-node.example:8042"})
     files = study_files("cr")
     assert storescu(node.port, files).returncode == 0
     raw = wait_until(lambda: client.lrange("cxr", 0, -1), timeout=20)
@@ -73,7 +81,12 @@ def test_routed_study_becomes_a_celery_message_on_the_route_queue(
     assert message["properties"]["delivery_info"]["routing_key"] == "cxr"
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     study = node.journal.studies()[0]
-    assert args == [study.study_key, "chest-xray"] and kwargs == {}
+    assert args == [study.study_key, "chest-xray"]
+    # what can change between routing and the run: the rule's settings as routed, and where
+    # a worker on another host reaches the node
+    assert kwargs == {"process": {"pipeline": "cxr", "bundle": None, "outputs": ["seg", "sr"],
+                                  "destinations": ["results"]},
+                      "node": "https://pacs-node.example:8042"}
     assert study.state == "queued"
     assert node.journal.jobs(study.study_key)[0]["dispatched_at"] is not None
     assert client.llen("echo_doppler") == 0
@@ -211,7 +224,7 @@ def test_the_embedded_pool_tries_a_transient_error_again(tmp_path: Path) -> None
             raise TransientError("journal locked")
 
     pool = EmbeddedDispatcher(node.journal, lambda: node.config, handler, backoff_s=0.05)
-    pool.dispatch(key, "chest-xray", "cxr")
+    pool.dispatch(key, "chest-xray", "cxr", Process(pipeline="cxr"))
     wait_until(lambda: node.journal.study(key).state == "done")  # type: ignore[union-attr]
     pool.close()
     assert tries == [1, 2, 3]

@@ -1,6 +1,7 @@
-"""A Celery worker that uses the node's API only (UMSREP_NODE_URL): its config names the
-broker and a scratch folder of its own, not the node's data directory; the study comes by
-WADO-RS, the journal calls and the outputs go back over HTTP, and the node delivers them."""
+"""A Celery worker that uses the node's API only: its config names the broker and a scratch
+folder of its own, not the node's data directory, and the node's URL comes with each task
+(`api.url`); the study comes by WADO-RS, the journal calls and the outputs (STOW-RS) go back
+over HTTP, and the node delivers them, the same bytes as its embedded pool makes."""
 
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ def test_a_worker_with_only_the_node_api_processes_a_study(serve: Any, worker: A
     token_file.write_text(TOKEN)
     api_port = free_port()
     config = config_with(tmp_path, "node", broker=True)
-    config["api"] = {"port": api_port, "token_file": str(token_file)}
+    config["api"] = {"port": api_port, "token_file": str(token_file),
+                     "url": f"http://127.0.0.1:{api_port}"}  # sent with each task
     node = serve(config, data_dir=tmp_path / "node")
     scratch = tmp_path / "worker-scratch"
     worker_config = tmp_path / "worker.yaml"  # the broker and a folder of its own: no more
     worker_config.write_text(yaml.safe_dump({"broker": {"url": REDIS_URL},
                                              "node": {"data_dir": str(scratch)}}))
-    worker(worker_config, env={"UMSREP_NODE_URL": f"http://127.0.0.1:{api_port}",
-                               "UMSREP_NODE_TOKEN_FILE": str(token_file)})
+    worker(worker_config, env={"UMSREP_NODE_TOKEN_FILE": str(token_file)})  # no URL
 
     files = samples.write_study(tmp_path / "cr", "cr", 14, 2, rows=256, columns=256)
     assert storescu(node.port, files).returncode == 0
@@ -54,3 +55,8 @@ def test_a_worker_with_only_the_node_api_processes_a_study(serve: Any, worker: A
     assert not list(scratch.rglob("*.dcm"))  # it went when the task ended, as did the outputs
     kept = sorted(p.name for p in (node.data_dir / "outputs").rglob("*.dcm"))
     assert kept == sorted(outputs(node.data_dir))  # the node keeps what it delivers
+    embedded = serve(config_with(tmp_path, "embedded", broker=False),
+                     data_dir=tmp_path / "embedded")
+    assert storescu(embedded.port, files).returncode == 0
+    wait_until(lambda: len(outputs(embedded.data_dir)) == 4, timeout=120)
+    assert outputs(embedded.data_dir) == outputs(node.data_dir)  # byte for byte
