@@ -164,6 +164,8 @@ class Studies(Authenticated):
 
     def _version(self, study_uid: str) -> list[Instance]:
         study = self._study(study_uid)
+        if study is not None and study.purged_at is not None:
+            raise HTTPError(410, "its instances were removed by retention")
         return [] if study is None else self.journal.instances(study.study_key)
 
     def _study(self, study_uid: str) -> Study | None:

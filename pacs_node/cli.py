@@ -99,6 +99,10 @@ def _reprocess(args: argparse.Namespace) -> int:
         if study is None:
             print(f"umsrep reprocess: no study {args.study_key}", file=sys.stderr)
             return 1
+        if study.purged_at is not None:
+            print(f"umsrep reprocess: study {args.study_key}: its instances were removed by "
+                  "retention (retention.spool_days); send it again", file=sys.stderr)
+            return 1
         if not journal.reprocess(args.study_key):
             print(f"umsrep reprocess: study {args.study_key} is {study.state}, not ended: "
                   "nothing to do yet", file=sys.stderr)

@@ -276,10 +276,22 @@ class Routing(Strict):
         return self
 
 
+class Retention(Strict):
+    """What the node removes, and when (pacs_node.retention); None: kept for ever."""
+
+    # The received instances of a study that ended (done, failed, skipped, ignored) with
+    # nothing of it waiting in the outbox: this many days after it ended.
+    spool_days: float | None = Field(default=None, gt=0)
+    # An output (SEG, SR, derived image) every destination of it has: this many days after
+    # it was last sent.
+    outputs_days: float | None = Field(default=None, gt=0)
+
+
 class Config(Strict):
     node: Node = Node()
     destinations: dict[str, Destination] = {}
     retry: Retry = Retry()
+    retention: Retention = Retention()
     api: Api = Api()
     broker: Broker | None = None
     routing: Routing = Routing()

@@ -28,6 +28,7 @@ STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ig
           "skipped")
 # A study left in one of these when the node stopped is picked up again at start.
 IN_BETWEEN = ("receiving", "complete", "queued", "processing")
+ENDED = ("done", "failed", "skipped", "ignored")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS studies (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_instance_at REAL NOT NULL,
+    purged_at REAL,  -- its received instances removed by retention
     UNIQUE (study_uid, version)
 );
 CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
@@ -129,6 +131,7 @@ class Study:
     created_at: float
     updated_at: float
     last_instance_at: float
+    purged_at: float | None = None  # its received instances removed by retention
 
 
 @dataclass(frozen=True)
@@ -173,11 +176,13 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)  # idempotent; executescript manages its own commit
-        # Columns a journal of an earlier version lacks: settings kept per job, claims.
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in (("process", "TEXT"), ("claim", "TEXT"), ("heartbeat_at", "REAL")):
+        # Columns a journal of an earlier version lacks: settings kept per job, claims, purges.
+        for table, column, kind in (("jobs", "process", "TEXT"), ("jobs", "claim", "TEXT"),
+                                    ("jobs", "heartbeat_at", "REAL"),
+                                    ("studies", "purged_at", "REAL")):
+            columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -323,8 +328,9 @@ class Journal:
         has then. Outputs already delivered are not sent again (the outbox sends a file to a
         destination once). Whether it was one that had ended."""
         with self._tx() as db:
-            row = db.execute("SELECT state FROM studies WHERE study_key = ?", (key,)).fetchone()
-            if row is None or row["state"] not in ("done", "failed", "skipped", "ignored"):
+            row = db.execute("SELECT state, purged_at FROM studies WHERE study_key = ?",
+                             (key,)).fetchone()
+            if row is None or row["state"] not in ENDED or row["purged_at"] is not None:
                 return False
             self._receive_again(db, key, time.time(),
                                 "reprocessing asked: routed again when complete")
@@ -525,6 +531,31 @@ class Journal:
         db.execute("UPDATE studies SET state = ?, updated_at = ?, reason = COALESCE(?, reason) "
                    "WHERE study_key = ?", (state, now, reason, key))
         self._event(db, key, state, detail, now)
+
+    # --- retention -------------------------------------------------------------------------
+
+    def ended_before(self, before: float) -> list[Study]:
+        """Studies that ended before `before`, their instances not yet removed, with nothing
+        of theirs waiting in the outbox (a forward reads the spool)."""
+        marks = ",".join("?" * len(ENDED))
+        rows = self._query(
+            f"SELECT * FROM studies WHERE state IN ({marks}) AND updated_at < ? "  # noqa: S608
+            "AND purged_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE "
+            "o.study_key = studies.study_key AND o.state = 'pending') ORDER BY updated_at",
+            (*ENDED, before))
+        return [_study(r) for r in rows]
+
+    def purged(self, key: str, detail: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE studies SET purged_at = ? WHERE study_key = ?", (now, key))
+            self._event(db, key, "purged", detail, now)
+
+    def sent_before(self, before: float) -> list[str]:
+        """Paths every outbox item of which was sent, the last before `before`."""
+        return [r["path"] for r in self._query(
+            "SELECT path FROM outbox GROUP BY path HAVING SUM(state != 'sent') = 0 "
+            "AND MAX(sent_at) < ?", (before,))]
 
     # --- outbox ----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pacs_node import router
+from pacs_node import retention, router
 from pacs_node.api import ApiServer
 from pacs_node.assembler import Assembler
 from pacs_node.attrs import OWN_MANUFACTURER
@@ -77,6 +77,7 @@ class Node:
         self.assembler.start()
         self.deliverer.start()
         threading.Thread(target=self._dispatch_loop, name="dispatch", daemon=True).start()
+        threading.Thread(target=self._retention_loop, name="retention", daemon=True).start()
         log.info("listening on %s:%d as %s; data in %s; %s", self.config.node.bind, self.port,
                  ", ".join(self.config.node.ae_titles), self.config.node.data_dir,
                  "broker " + _redact(self.config.broker.url) if self.config.broker
@@ -194,6 +195,18 @@ class Node:
             else:
                 failures.succeeded()
             self._dispatch_now.wait(DISPATCH_INTERVAL_S)
+
+    def _retention_loop(self) -> None:
+        """Retention at start, then every RETENTION_INTERVAL_S (pacs_node.retention)."""
+        failures = LoopFailures(log, "retention")
+        while not self._stop.is_set():
+            try:
+                retention.apply(self.journal, self.config.retention, self.config.node.data_dir)
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
+            self._stop.wait(retention.RETENTION_INTERVAL_S)
 
     def _log_outcomes(self, since: float) -> float:
         """What the workers recorded (the embedded pool logs its own): a line per job that

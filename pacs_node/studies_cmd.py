@@ -47,6 +47,7 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "created_at": study.created_at,
         "last_instance_at": study.last_instance_at,
         "updated_at": study.updated_at,
+        "purged_at": study.purged_at,  # its received instances removed by retention
         "timestamps": reached,
         "stages": journal.stage_seconds(study.study_key),  # load, inference... of its jobs
         "jobs": [{k: j[k] for k in ("route", "queue", "state", "started_at", "finished_at",
@@ -54,7 +55,7 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "outbox": outbox,
         "findings": list(findings.values()),
     }
-    if phi:
+    if phi and study.purged_at is None:
         instances = journal.instances(study.study_key)
         if instances:
             ds = pydicom.dcmread(instances[0].path, stop_before_pixels=True, force=True)
