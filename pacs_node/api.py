@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -250,11 +250,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# More routes on the same server, given the token: the REST API (pacs_node.rest).
+MoreRoutes = Callable[[str], Sequence[tuple[str, type[RequestHandler], dict[str, Any]]]]
+
+
 class ApiServer:
-    def __init__(self, api: Api, journal: Journal, data_dir: Path) -> None:
+    def __init__(self, api: Api, journal: Journal, data_dir: Path,
+                 more: MoreRoutes = lambda _: []) -> None:
         assert api.port is not None and api.token_file is not None
         self.api, self.journal, self.data_dir = api, journal, data_dir
         self.token = read_token(api.token_file)
+        self.more = more
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: HTTPServer | None = None
@@ -271,6 +277,7 @@ class ApiServer:
                 (r"/dicomweb/studies/([^/]+)/series/([^/]+)/instances/([^/]+)", Studies,
                  handlers),
                 (r"/api/journal/([a-z_]+)", JobCall, handlers),
+                *self.more(self.token),
             ], max_body_size=MAX_OUTPUTS_BYTES)
             tls = server_tls_context(self.api.tls) if self.api.tls is not None else None
             self._server = HTTPServer(app, ssl_options=tls)
@@ -283,8 +290,8 @@ class ApiServer:
         threading.Thread(target=serve, name="api", daemon=True).start()
         if not ready.wait(10):
             raise RuntimeError("the HTTP API did not start")
-        log.info("DICOMweb on http%s://%s:%d/dicomweb", "s" if self.api.tls else "",
-                 self.api.bind, self.port)
+        log.info("DICOMweb and the REST API on http%s://%s:%d (/dicomweb, /api/v1)",
+                 "s" if self.api.tls else "", self.api.bind, self.port)
 
     def stop(self) -> None:
         if self._loop is not None and self._server is not None:

@@ -37,7 +37,7 @@ class Assembler:
         for key in sorted(study_keys):
             attrs = [i.attrs for i in self.journal.instances(key)]
             if router.completes_on_release(self.routing(), attrs):
-                self._complete(key, "association released")
+                self.complete(key, "association released")
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -54,12 +54,15 @@ class Assembler:
             attrs = [i.attrs for i in self.journal.instances(study.study_key)]
             quiet = max(router.quiet_seconds(routing, attrs), floor)
             if idle >= quiet:
-                self._complete(study.study_key, f"quiet for {quiet:g} s")
+                self.complete(study.study_key, f"quiet for {quiet:g} s")
 
-    def _complete(self, key: str, why: str) -> None:
-        if self.journal.set_state(key, "complete", reason=why, expect=("receiving",)):
-            log.info("study %s complete: %s", key, why)
-            self.on_complete(key)
+    def complete(self, key: str, why: str) -> bool:
+        """Complete a receiving study now and route it; whether it was receiving."""
+        if not self.journal.set_state(key, "complete", reason=why, expect=("receiving",)):
+            return False
+        log.info("study %s complete: %s", key, why)
+        self.on_complete(key)
+        return True
 
     def start(self, interval: float = 0.2) -> None:
         failures = LoopFailures(log, "study completion")

@@ -90,6 +90,42 @@ def _outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_node(args: argparse.Namespace) -> int:
+    """`umsrep complete|discard STUDY_KEY`: asked of the running node, through its REST API
+    (pacs_node.rest): only it may complete or drop a study it may be receiving."""
+    import json  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+    from urllib.parse import quote  # noqa: PLC0415
+
+    from pacs_node.api import read_token  # noqa: PLC0415
+
+    api = _config(args).api
+    if api.port is None or api.token_file is None:
+        print(f"umsrep {args.ask}: the running node does this through its API: give the "
+              "config an `api` section (port, token_file)", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if api.bind in ("0.0.0.0", "::", "") else api.bind
+    url = (f"http{'s' if api.tls else ''}://{host}:{api.port}/api/v1/studies/"
+           f"{quote(args.study_key, safe='@')}/{args.ask}")
+    request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - http(s)
+    request.add_header("Authorization", f"Bearer {read_token(api.token_file)}")
+    tls = (ssl.create_default_context(cafile=api.tls.ca or api.tls.cert)
+           if api.tls is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=tls) as reply:  # noqa: S310
+            study = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        print(f"umsrep {args.ask}: {json.loads(exc.read()).get('error')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"umsrep {args.ask}: no node answers at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"study {study['study_key']}: {study['state']}")
+    return 0
+
+
 def _reprocess(args: argparse.Namespace) -> int:
     from pacs_node.journal import Journal, journal_path  # noqa: PLC0415
 
@@ -201,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "failed, skipped, ignored)")
     node_options(p)
     p.add_argument("study_key", help="as `umsrep studies` lists it: <StudyInstanceUID>@<n>")
+
+    for name, help_ in (("complete", "complete a study the node is receiving now, without "
+                                     "waiting for its quiet period (asked of the running node)"),
+                        ("discard", "drop a study that is receiving or ended, and its files "
+                                    "(asked of the running node)")):
+        p = command(name, _ask_node, help_)
+        p.set_defaults(ask=name)
+        node_options(p)
+        p.add_argument("study_key", help="as `umsrep studies` lists it: <StudyInstanceUID>@<n>")
 
     p = command("retry", _outbox_retry, "queue failed outbox items again (after fixing a "
                 "destination)")

@@ -25,10 +25,12 @@ from pacs_node.config import Process
 from umsrep_core.errors import ClaimLost
 
 STATES = ("receiving", "complete", "queued", "processing", "done", "failed", "ignored",
-          "skipped")
+          "skipped", "discarded")
 # A study left in one of these when the node stopped is picked up again at start.
 IN_BETWEEN = ("receiving", "complete", "queued", "processing")
 ENDED = ("done", "failed", "skipped", "ignored")
+# What may be discarded: neither in routing nor with a job queued or running.
+DISCARDABLE = ("receiving", *ENDED)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -114,6 +116,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, path)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS paused_routes (
+    route TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 
 
@@ -531,6 +537,70 @@ class Journal:
         db.execute("UPDATE studies SET state = ?, updated_at = ?, reason = COALESCE(?, reason) "
                    "WHERE study_key = ?", (state, now, reason, key))
         self._event(db, key, state, detail, now)
+
+    def find(self, *, states: tuple[str, ...] = (), since: float | None = None,
+             route: str | None = None, calling_ae: str | None = None,
+             modality: str | None = None, limit: int = 50, offset: int = 0
+             ) -> tuple[list[Study], int]:
+        """A page of the studies that pass every filter given, newest first, and how many
+        pass in all. `route`: one of the rules that routed it; `modality`: of a series."""
+        where: list[str] = []
+        args: list[Any] = []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += states
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if route is not None:
+            where.append("instr(',' || route || ',', ?) > 0")
+            args.append(f",{route},")
+        if calling_ae is not None:
+            where.append("calling_ae = ?")
+            args.append(calling_ae)
+        if modality is not None:
+            where.append("EXISTS (SELECT 1 FROM series s WHERE s.study_key = "
+                         "studies.study_key AND s.modality = ?)")
+            args.append(modality)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""  # placeholders only
+        total = int(self._query(f"SELECT COUNT(*) AS n FROM studies{clause}",  # noqa: S608
+                                tuple(args))[0]["n"])
+        rows = self._query(f"SELECT * FROM studies{clause} ORDER BY created_at DESC "  # noqa: S608
+                           "LIMIT ? OFFSET ?", (*args, limit, offset))
+        return [_study(r) for r in rows], total
+
+    def discard(self, key: str, why: str) -> list[Path] | None:
+        """Drop a study that is receiving or ended: its jobs and unsent outbox items go, it
+        ends `discarded` (its history kept); the paths of its instances, for the caller to
+        remove. None if it is in routing or has a job queued or running."""
+        now = time.time()
+        with self._tx() as db:
+            marks = ",".join("?" * len(DISCARDABLE))
+            if not db.execute(f"UPDATE studies SET state = 'discarded', updated_at = ?, "  # noqa: S608
+                              f"reason = ?, purged_at = ? WHERE study_key = ? "
+                              f"AND state IN ({marks})",
+                              (now, why, now, key, *DISCARDABLE)).rowcount:
+                return None
+            db.execute("DELETE FROM jobs WHERE study_key = ?", (key,))
+            db.execute("DELETE FROM outbox WHERE study_key = ? AND state != 'sent'", (key,))
+            self._event(db, key, "discarded", why, now)
+            return [Path(r["path"]) for r in db.execute(
+                "SELECT path FROM instances WHERE study_key = ?", (key,))]
+
+    def pause(self, route: str) -> None:
+        """Queued jobs of this route wait, undispatched, until it is resumed."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO paused_routes (route, at) VALUES (?, ?)",
+                       (route, time.time()))
+
+    def resume(self, route: str) -> bool:
+        with self._tx() as db:
+            return bool(db.execute("DELETE FROM paused_routes WHERE route = ?",
+                                   (route,)).rowcount)
+
+    def paused(self) -> dict[str, float]:
+        """Paused routes and since when."""
+        return {r["route"]: r["at"] for r in self._query("SELECT * FROM paused_routes")}
 
     # --- retention -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pacs_node import retention, router
+from pacs_node import rest, retention, router
 from pacs_node.api import ApiServer
 from pacs_node.assembler import Assembler
 from pacs_node.attrs import OWN_MANUFACTURER
@@ -53,7 +53,8 @@ class Node:
                                     handler or installed_handler(),
                                     after_job=self.deliverer.wake))
         self.server: BoundedServer | None = None
-        self.api = (ApiServer(config.api, self.journal, data_dir)
+        self.api = (ApiServer(config.api, self.journal, data_dir,
+                              lambda token: rest.routes(self, token))
                     if config.api.port is not None else None)
         self._stop = threading.Event()
         self._dispatch_now = threading.Event()
@@ -137,9 +138,11 @@ class Node:
         broker may have lost them."""
         broker = self.config.broker
         stale_before = time.time() - broker.redispatch_after_s if broker else 0.0
+        paused = self.journal.paused()
         for job in self.journal.jobs():
             sent = job["dispatched_at"]
-            if job["state"] != "queued" or (sent is not None and sent > stale_before):
+            if (job["state"] != "queued" or (sent is not None and sent > stale_before)
+                    or job["route"] in paused):
                 continue
             if sent is not None:
                 log.warning("study %s: job %s not started %.0f s after it was sent: sending "
@@ -195,6 +198,32 @@ class Node:
             else:
                 failures.succeeded()
             self._dispatch_now.wait(DISPATCH_INTERVAL_S)
+
+    # --- what an operator asks (REST API) --------------------------------------------------
+
+    def complete(self, key: str) -> bool:
+        """Complete a receiving study now, without waiting for its quiet period."""
+        return self.assembler.complete(key, "completed on request")
+
+    def discard(self, key: str) -> bool:
+        """Drop a study that is receiving or ended, its files with it (its history kept)."""
+        paths = self.journal.discard(key, "discarded on request")
+        if paths is None:
+            return False
+        for path in paths:
+            path.unlink(missing_ok=True)
+        log.info("study %s discarded on request: %d instances removed", key, len(paths))
+        return True
+
+    def resume_route(self, route: str) -> bool:
+        resumed = self.journal.resume(route)
+        self._dispatch_now.set()  # its queued jobs go now
+        return resumed
+
+    def retry_deliveries(self, destination: str | None) -> int:
+        count = self.journal.retry_failed(destination)
+        self.deliverer.wake()
+        return count
 
     def _retention_loop(self) -> None:
         """Retention at start, then every RETENTION_INTERVAL_S (pacs_node.retention)."""
