@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: dcmtk (storescu, storescp, echoscu), dicom3tools
-# (dciodvfy), orthanc (the PACS of the end-to-end tests).
-APT_PACKAGES := dcmtk dicom3tools orthanc
-APT_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc
+# (dciodvfy), orthanc (the PACS of the end-to-end tests), chromium and its driver (the
+# console's browser tests).
+APT_PACKAGES := dcmtk dicom3tools orthanc chromium chromium-driver
+APT_PROBES := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps demo test lint bench

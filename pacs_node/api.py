@@ -86,6 +86,10 @@ class Authenticated(RequestHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="umsrep"')
             raise HTTPError(401, "a bearer token is needed")
 
+    def check_xsrf_cookie(self) -> None:
+        """No XSRF token (the console's forms have one): a bearer token is no cookie, and a
+        browser never adds it to a request another site makes it send."""
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else None
@@ -250,13 +254,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# More routes on the same server, given the token: the REST API (pacs_node.rest).
-MoreRoutes = Callable[[str], Sequence[tuple[str, type[RequestHandler], dict[str, Any]]]]
+# More routes on the same server, and the settings they need, given the token: the REST API
+# (pacs_node.rest) and the console (pacs_node.console).
+Route = tuple[str, type[RequestHandler], dict[str, Any]]
+MoreRoutes = Callable[[str], tuple[Sequence[Route], dict[str, Any]]]
 
 
 class ApiServer:
     def __init__(self, api: Api, journal: Journal, data_dir: Path,
-                 more: MoreRoutes = lambda _: []) -> None:
+                 more: MoreRoutes = lambda _: ([], {})) -> None:
         assert api.port is not None and api.token_file is not None
         self.api, self.journal, self.data_dir = api, journal, data_dir
         self.token = read_token(api.token_file)
@@ -272,13 +278,14 @@ class ApiServer:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             handlers = {"journal": self.journal, "token": self.token, "data_dir": self.data_dir}
+            more, settings = self.more(self.token)
             app = Application([
                 (r"/dicomweb/studies/([^/]+)", Studies, handlers),
                 (r"/dicomweb/studies/([^/]+)/series/([^/]+)/instances/([^/]+)", Studies,
                  handlers),
                 (r"/api/journal/([a-z_]+)", JobCall, handlers),
-                *self.more(self.token),
-            ], max_body_size=MAX_OUTPUTS_BYTES)
+                *more,
+            ], max_body_size=MAX_OUTPUTS_BYTES, **settings)
             tls = server_tls_context(self.api.tls) if self.api.tls is not None else None
             self._server = HTTPServer(app, ssl_options=tls)
             sockets = bind_sockets(self.api.port or 0, address=self.api.bind)

@@ -126,6 +126,23 @@ def _ask_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_add(args: argparse.Namespace) -> int:
+    import getpass  # noqa: PLC0415
+
+    from pacs_node.users import add_user  # noqa: PLC0415
+
+    path = args.users_file or _config(args).api.users_file
+    if path is None:
+        print("umsrep user add: give --users-file, or a config whose api section names "
+              "users_file", file=sys.stderr)
+        return 2
+    password = (getpass.getpass(f"password of {args.name}: ") if sys.stdin.isatty()
+                else sys.stdin.readline().rstrip("\n"))
+    add_user(path, args.name, args.role, password)
+    print(f"user {args.name} ({args.role}) written to {path}")
+    return 0
+
+
 def _reprocess(args: argparse.Namespace) -> int:
     from pacs_node.journal import Journal, journal_path  # noqa: PLC0415
 
@@ -264,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--calling-ae", default="", help="the sender's AE title (default: none)")
     p.add_argument("--called-ae", help="the title it calls (default: the node's first)")
+
+    user = command("user", lambda a: 2, "the web console's users")
+    p = command("add", _user_add, "add or replace a console user; the password is read from "
+                "stdin (asked for on a terminal)", parent=user.add_subparsers(
+                    dest="user_command", required=True, metavar="ACTION"))
+    node_options(p)
+    p.add_argument("name")
+    p.add_argument("--role", choices=("admin", "viewer"), required=True,
+                   help="admin acts and sees patient names; viewer looks")
+    p.add_argument("--users-file", type=Path, help="default: the config's api.users_file")
 
     for name, run, help_ in (("send", _send, "send DICOM files or folders (C-STORE SCU)"),
                              ("echo", _echo, "verify a DICOM peer (C-ECHO SCU)")):

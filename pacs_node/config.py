@@ -141,6 +141,9 @@ class Api(Strict):
     # task, so that a worker needs only the token file (UMSREP_NODE_URL, where set, wins).
     url: str | None = Field(default=None, pattern=r"^https?://")
     token_file: Path | None = None
+    # The web console's users (pacs_node.users, `umsrep user add`): /console/ is served when
+    # this is set.
+    users_file: Path | None = None
     tls: TLS | None = None  # cert and key of this end (ca: callers must show a certificate)
 
     @model_validator(mode="after")

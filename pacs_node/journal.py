@@ -138,6 +138,7 @@ class Study:
     updated_at: float
     last_instance_at: float
     purged_at: float | None = None  # its received instances removed by retention
+    calling_ae: str | None = None  # of the association that opened it
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pacs_node import rest, retention, router
-from pacs_node.api import ApiServer
+from pacs_node import console, rest, retention, router
+from pacs_node.api import ApiServer, Route
 from pacs_node.assembler import Assembler
 from pacs_node.attrs import OWN_MANUFACTURER
 from pacs_node.config import Config, Process, Routing
@@ -53,8 +53,7 @@ class Node:
                                     handler or installed_handler(),
                                     after_job=self.deliverer.wake))
         self.server: BoundedServer | None = None
-        self.api = (ApiServer(config.api, self.journal, data_dir,
-                              lambda token: rest.routes(self, token))
+        self.api = (ApiServer(config.api, self.journal, data_dir, self._web)
                     if config.api.port is not None else None)
         self._stop = threading.Event()
         self._dispatch_now = threading.Event()
@@ -199,7 +198,16 @@ class Node:
                 failures.succeeded()
             self._dispatch_now.wait(DISPATCH_INTERVAL_S)
 
-    # --- what an operator asks (REST API) --------------------------------------------------
+    # --- what an operator asks (REST API, console) -----------------------------------------
+
+    def _web(self, token: str) -> tuple[list[Route], dict[str, Any]]:
+        """The REST API's routes, and the console's where it has users."""
+        api = self.config.api
+        if api.users_file is None:
+            return list(rest.routes(self, token)), {}
+        return ([*rest.routes(self, token), *console.routes(self, api.users_file,
+                                                             api.tls is not None)],
+                console.settings(token, api.tls is not None))
 
     def complete(self, key: str) -> bool:
         """Complete a receiving study now, without waiting for its quiet period."""

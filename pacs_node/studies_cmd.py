@@ -43,6 +43,7 @@ def study_report(journal: Journal, study: Study, count: int, phi: bool) -> dict[
         "duplicates": resent["duplicate"],
         "conflicts": resent["conflict"],
         "route": study.route,
+        "calling_ae": study.calling_ae,
         "reason": study.reason,
         "created_at": study.created_at,
         "last_instance_at": study.last_instance_at,
@@ -86,7 +87,7 @@ def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False,
     return 0
 
 
-def _finding(finding: dict[str, Any]) -> str:
+def finding_text(finding: dict[str, Any]) -> str:
     """`pneumonia 0.82`: an image's label and its probability."""
     probability = finding.get("probability")
     label = str(finding.get("label") or "-")
@@ -114,7 +115,7 @@ def format_table(reports: list[dict[str, Any]], phi: bool = False) -> str:
             _stage(r, "processing", finished) if finished else "-",
             f"{r['stages']['inference']:.2f}" if "inference" in r["stages"] else "-",
             " ".join(f"{k}:{v}" for k, v in sorted(r["outbox"].items())) or "-",
-            ", ".join(_finding(f) for f in r["findings"]) or "-",
+            ", ".join(finding_text(f) for f in r["findings"]) or "-",
             r["reason"] or "",  # whole: the last column
         ]
         if phi:
