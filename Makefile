@@ -36,8 +36,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The whole suite on $(PYTHON), then the torch-free tests on the other Pythons found here.
 test: lint
 	$(BIN)/pytest
+	.ci/other-pythons
 
 bench: install
 	$(BIN)/python bench/receive.py
