@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="umsrep", description="DICOM pipeline node for UMS-Rep models. "
         "NOT FOR CLINICAL USE: its models are research models.")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="the INFO lines of pynetdicom and highdicom too (off by default)")
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -325,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pacs_node import logs  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
-    logs.setup(as_json=args.log_json, debug=args.debug)
+    logs.setup(as_json=args.log_json, debug=args.debug, verbose=args.verbose)
     try:
         code: int = args.run(args)
     except UmsrepError as exc:

@@ -78,7 +78,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup(*, as_json: bool = False, debug: bool = False) -> None:
+def setup(*, as_json: bool = False, debug: bool = False, verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(PLAIN))
     handler.addFilter(not_reported_twice)
@@ -88,6 +88,7 @@ def setup(*, as_json: bool = False, debug: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     # pynetdicom logs every PDU at INFO, highdicom every module it copies into an output:
-    # keep their warnings only unless debugging.
+    # keep their warnings only, unless asked (--verbose: their INFO; --debug: everything).
     for name in ("pynetdicom", "highdicom"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO if verbose
+                                         else logging.WARNING)

@@ -94,3 +94,17 @@ def test_pynetdicom_does_not_repeat_what_the_sender_reports(
     err = capsys.readouterr().err
     assert "Association request failed" not in err and "TCP Initialisation" not in err
     assert "Exception in DUL.run(), aborting association" in err
+
+
+@pytest.mark.parametrize(("flags", "shown"), [({}, False), ({"verbose": True}, True),
+                                              ({"debug": True}, True)])
+def test_other_libraries_info_lines_only_when_asked(node_logging: None,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    flags: dict[str, bool], shown: bool) -> None:
+    logs.setup(**flags)
+    logging.getLogger("pynetdicom.assoc").info("Requesting Association")
+    logging.getLogger("highdicom.seg.sop").info("add plane position")
+    logging.getLogger("pynetdicom.assoc").warning("Association Aborted")
+    err = capsys.readouterr().err
+    assert ("Requesting Association" in err) is shown and ("add plane" in err) is shown
+    assert "Association Aborted" in err  # warnings always
