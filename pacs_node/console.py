@@ -165,9 +165,7 @@ class StudyAction(Page):
     def post(self, key: str, action: str) -> None:
         self.need_admin()
         where = f"/console/studies/{key}"
-        done = {"reprocess": lambda: self.journal.reprocess(key),
-                "complete": lambda: self.node.complete(key),
-                "discard": lambda: self.node.discard(key)}[action]()
+        done = self.node.act(key, action)
         state = getattr(self.journal.study(key), "state", "unknown")
         self.back(where, f"{action}: done, the study is {state}" if done else
                   f"{action} does not apply to a study that is {state}")
@@ -203,12 +201,8 @@ class Routes(Page):
 class RouteAction(Page):
     def post(self, name: str, action: str) -> None:
         self.need_admin()
-        if name not in {r.name for r in self.node.config.routing.rules}:
+        if not self.node.set_paused(name, action == "pause"):
             raise HTTPError(404, f"no rule {name}")
-        if action == "pause":
-            self.journal.pause(name)
-        else:
-            self.node.resume_route(name)
         self.back("/console/routes", f"route {name}: {action}d")
 
 

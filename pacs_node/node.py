@@ -209,12 +209,14 @@ class Node:
                                                              api.tls is not None)],
                 console.settings(token, api.tls is not None))
 
-    def complete(self, key: str) -> bool:
-        """Complete a receiving study now, without waiting for its quiet period."""
-        return self.assembler.complete(key, "completed on request")
-
-    def discard(self, key: str) -> bool:
-        """Drop a study that is receiving or ended, its files with it (its history kept)."""
+    def act(self, key: str, action: str) -> bool:
+        """reprocess (a study that ended), complete (a receiving one now, without waiting for
+        its quiet period) or discard (one receiving or ended, its files with it, its history
+        kept); whether the study was in a state the action applies to."""
+        if action == "reprocess":
+            return self.journal.reprocess(key)
+        if action == "complete":
+            return self.assembler.complete(key, "completed on request")
         paths = self.journal.discard(key, "discarded on request")
         if paths is None:
             return False
@@ -223,10 +225,16 @@ class Node:
         log.info("study %s discarded on request: %d instances removed", key, len(paths))
         return True
 
-    def resume_route(self, route: str) -> bool:
-        resumed = self.journal.resume(route)
-        self._dispatch_now.set()  # its queued jobs go now
-        return resumed
+    def set_paused(self, route: str, paused: bool) -> bool:
+        """Hold a rule's queued jobs, or dispatch them again; False if no rule has the name."""
+        if route not in {r.name for r in self.config.routing.rules}:
+            return False
+        if paused:
+            self.journal.pause(route)
+        else:
+            self.journal.resume(route)
+            self._dispatch_now.set()  # its queued jobs go now
+        return True
 
     def retry_deliveries(self, destination: str | None) -> int:
         count = self.journal.retry_failed(destination)

@@ -38,9 +38,8 @@ class Operated(Protocol):
     journal: Journal
     config: Config
 
-    def complete(self, key: str) -> bool: ...
-    def discard(self, key: str) -> bool: ...
-    def resume_route(self, route: str) -> bool: ...
+    def act(self, key: str, action: str) -> bool: ...
+    def set_paused(self, route: str, paused: bool) -> bool: ...
     def retry_deliveries(self, destination: str | None) -> int: ...
 
 
@@ -107,13 +106,9 @@ class OneStudy(Handler):
 class StudyAction(Handler):
     def post(self, key: str, action: str) -> None:
         study = self.study_or_404(key)
-        done, needs = {
-            "reprocess": (lambda: self.journal.reprocess(key),
-                          f"ended ({', '.join(ENDED)}) with its instances kept"),
-            "complete": (lambda: self.node.complete(key), "receiving"),
-            "discard": (lambda: self.node.discard(key), ", ".join(DISCARDABLE)),
-        }[action]
-        if not done():
+        if not self.node.act(key, action):
+            needs = {"reprocess": f"ended ({', '.join(ENDED)}) with its instances kept",
+                     "complete": "receiving", "discard": ", ".join(DISCARDABLE)}[action]
             raise HTTPError(409, f"{action}: study {key} is {study.state}"
                                  f"{', its instances removed' if study.purged_at else ''}; "
                                  f"it must be {needs}")
@@ -139,12 +134,8 @@ class Routes(Handler):
 
 class RouteAction(Handler):
     def post(self, name: str, action: str) -> None:
-        if name not in {r.name for r in self.node.config.routing.rules}:
+        if not self.node.set_paused(name, action == "pause"):
             raise HTTPError(404, f"no rule {name}")
-        if action == "pause":
-            self.journal.pause(name)
-        else:
-            self.node.resume_route(name)
         self.reply({"name": name, "paused": action == "pause"})
 
 
