@@ -103,7 +103,8 @@ class TriesLost(UmsrepError):
 
 
 class Dispatcher(Protocol):
-    def dispatch(self, study_key: str, route: str, queue: str, process: Process) -> None: ...
+    def dispatch(self, study_key: str, route: str, queue: str,
+                 process: Process | None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -242,7 +243,8 @@ class EmbeddedDispatcher:
         self.pool = ThreadPoolExecutor(max_workers=config().node.embedded_workers,
                                        thread_name_prefix="job")
 
-    def dispatch(self, study_key: str, route: str, queue: str, process: Process) -> None:
+    def dispatch(self, study_key: str, route: str, queue: str,
+                 process: Process | None) -> None:
         self.pool.submit(self._run, study_key, route)  # its process: the journal's
 
     def _run(self, study_key: str, route: str) -> None:
@@ -278,8 +280,13 @@ class CeleryDispatcher:
                                  "socket_timeout": BROKER_TIMEOUT_S,
                                  "socket_connect_timeout": BROKER_TIMEOUT_S})
 
-    def dispatch(self, study_key: str, route: str, queue: str, process: Process) -> None:
-        kwargs: dict[str, Any] = {"process": process.model_dump(mode="json")}
+    def dispatch(self, study_key: str, route: str, queue: str,
+                 process: Process | None) -> None:
+        """`process`: the job's settings as routed; None for a job an older version queued
+        without them (the worker then takes the rule's current ones: workers.pipeline)."""
+        kwargs: dict[str, Any] = {}
+        if process is not None:
+            kwargs["process"] = process.model_dump(mode="json")
         if self.node_url is not None:
             kwargs["node"] = self.node_url
         try:

@@ -148,20 +148,13 @@ class Node:
                             "it again", job["study_key"], job["route"], time.time() - sent)
             try:
                 self.dispatcher.dispatch(job["study_key"], job["route"], job["queue"],
-                                         self._process(job))
+                                         Process.model_validate_json(job["process"])
+                                         if job["process"] else None)
             except DeliveryError as exc:
                 log.warning("study %s: dispatch of %s deferred: %s", job["study_key"],
                             job["route"], exc)
                 return
             self.journal.job_dispatched(job["study_key"], job["route"])
-
-    def _process(self, job: dict[str, Any]) -> Process:
-        """The settings the job was queued with; the rule's current ones for a job that an
-        older version queued without them."""
-        if job["process"]:
-            return Process.model_validate_json(job["process"])
-        return next(r.process for r in self.config.routing.rules
-                    if r.name == job["route"] and r.process is not None)
 
     def requeue_silent(self) -> None:
         timeout = self.config.node.heartbeat_timeout_s

@@ -112,6 +112,26 @@ def silent_broker(url: str) -> Iterator[None]:
         sock.close()
 
 
+def test_a_job_queued_without_its_settings_is_sent_without_them(running: Any) -> None:
+    """A job an older version queued kept no settings, and its rule may be gone since: its
+    message carries none, and the worker takes the rule's current ones or fails the job with
+    the reason (workers.pipeline.job_process). The node goes on dispatching."""
+    from tests.unit.test_journal import add
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete("cxr")
+    node = running(broker={"url": REDIS_URL})
+    key = add(node.journal, "1.2.3.7.1", study="1.2.3.7")
+    node.journal.add_job(key, "renamed-since", Process(pipeline="cxr"))
+    node.journal._db.execute("UPDATE jobs SET process = NULL")
+    node._dispatch_now.set()  # the dispatch thread's next turn, now
+    [raw] = wait_until(lambda: client.lrange("cxr", 0, -1), timeout=20)
+    args, kwargs, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    assert (args, kwargs) == ([key, "renamed-since"], {})
+    assert node.journal.jobs(key)[0]["dispatched_at"] is not None
+    client.delete("cxr")
+
+
 def test_a_broker_outage_delays_dispatch_and_never_intake(
         running: Any, study_files: Any, own_redis: Any, fault_table: Any) -> None:
     node = running(broker={"url": own_redis.url})
