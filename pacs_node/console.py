@@ -190,11 +190,8 @@ class Overlay(Page):
 
 class Routes(Page):
     def get(self) -> None:
-        outbox: dict[str, dict[str, int]] = {}
-        for (destination, state), n in self.journal.outbox_counts().items():
-            outbox.setdefault(destination, {})[state] = n
         self.render("routes.html", rules=self.node.config.routing.rules,
-                    paused=self.journal.paused(), outbox=outbox,
+                    paused=self.journal.paused(), outbox=self.journal.outbox_counts(),
                     retention=self.node.config.retention)
 
 

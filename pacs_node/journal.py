@@ -399,9 +399,13 @@ class Journal:
         return {r["state"]: r["n"] for r in self._query(
             "SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
 
-    def outbox_counts(self) -> dict[tuple[str, str], int]:
-        return {(r["destination"], r["state"]): r["n"] for r in self._query(
-            "SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state")}
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """Outbox items per destination, per state."""
+        counts: dict[str, dict[str, int]] = {}
+        for r in self._query("SELECT destination, state, COUNT(*) AS n FROM outbox "
+                             "GROUP BY destination, state"):
+            counts.setdefault(r["destination"], {})[r["state"]] = r["n"]
+        return counts
 
     def holder(self, path: Path) -> str | None:
         """The study key of the instance row that points at `path`, if one does."""
@@ -541,10 +545,11 @@ class Journal:
 
     def find(self, *, states: tuple[str, ...] = (), since: float | None = None,
              route: str | None = None, calling_ae: str | None = None,
-             modality: str | None = None, limit: int = 50, offset: int = 0
+             modality: str | None = None, limit: int | None = 50, offset: int = 0
              ) -> tuple[list[Study], int]:
         """A page of the studies that pass every filter given, newest first, and how many
-        pass in all. `route`: one of the rules that routed it; `modality`: of a series."""
+        pass in all. `route`: one of the rules that routed it; `modality`: of a series;
+        `limit` None: all of them."""
         where: list[str] = []
         args: list[Any] = []
         if states:
@@ -567,7 +572,7 @@ class Journal:
         total = int(self._query(f"SELECT COUNT(*) AS n FROM studies{clause}",  # noqa: S608
                                 tuple(args))[0]["n"])
         rows = self._query(f"SELECT * FROM studies{clause} ORDER BY created_at DESC "  # noqa: S608
-                           "LIMIT ? OFFSET ?", (*args, limit, offset))
+                           "LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
         return [_study(r) for r in rows], total
 
     def discard(self, key: str, why: str) -> list[Path] | None:

@@ -43,8 +43,9 @@ class JournalCollector(Collector):
         yield studies
         outbox = GaugeMetricFamily("umsrep_outbox_items", "Outbox items by state",
                                    labels=["destination", "state"])
-        for (destination, state), count in self.journal.outbox_counts().items():
-            outbox.add_metric([destination, state], count)
+        for destination, states in self.journal.outbox_counts().items():
+            for state, count in states.items():
+                outbox.add_metric([destination, state], count)
         yield outbox
 
 

@@ -144,11 +144,9 @@ class Counts(Handler):
         jobs: dict[str, int] = {}
         for job in self.journal.jobs():
             jobs[job["state"]] = jobs.get(job["state"], 0) + 1
-        outbox: dict[str, dict[str, int]] = {}
-        for (destination, state), n in self.journal.outbox_counts().items():
-            outbox.setdefault(destination, {})[state] = n
         self.reply({"at": time.time(), "studies": self.journal.state_counts(), "jobs": jobs,
-                    "outbox": outbox, "paused_routes": sorted(self.journal.paused())})
+                    "outbox": self.journal.outbox_counts(),
+                    "paused_routes": sorted(self.journal.paused())})
 
 
 class OpenApi(Handler):

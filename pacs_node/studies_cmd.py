@@ -75,10 +75,9 @@ def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False,
         return 0
     journal = Journal(path)
     counts = journal.counts()
+    found, _ = journal.find(states=tuple(states or ()), since=since, route=route, limit=None)
     reports = [study_report(journal, s, counts.get(s.study_key, 0), phi)
-               for s in journal.studies(tuple(states) if states else None)
-               if (since is None or s.created_at >= since)
-               and (route is None or route in (s.route or "").split(","))]
+               for s in reversed(found)]  # oldest first
     journal.close()
     if as_json:
         print(json.dumps(reports, indent=2))
