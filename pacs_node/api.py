@@ -17,7 +17,8 @@ file as the spool holds it. STOW-RS takes the same form and answers the standard
 completed is a new version (README), and the latest is the default. Every request needs
 `Authorization: Bearer <token>` (the token in `api.token_file`); TLS when `api.tls` is set;
 loopback unless `api.bind` says otherwise. Served by tornado (Flower's server) in a thread of
-its own, files streamed a part at a time.
+its own, files streamed a part at a time; job calls and STOW-RS (journal writes, fsync) run in
+the loop's executor threads, so that one worker's slow request holds up no other's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import dataclasses
 import email.parser
 import email.policy
+import functools
 import hmac
 import io
 import json
@@ -36,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pydicom
 from pydantic import BaseModel
@@ -56,6 +58,7 @@ from umsrep_core.phi import describe
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CHUNK = 1 << 20
 MAX_OUTPUTS_BYTES = 2 << 30  # one job's outputs: a denoised multi-frame study at most
 
@@ -99,12 +102,12 @@ class Authenticated(RequestHandler):
 class JobCall(Authenticated):
     """One journal call of a job, by name, its keyword arguments the JSON body."""
 
-    def post(self, method: str) -> None:
+    async def post(self, method: str) -> None:
         if method not in JOB_CALLS:
             raise HTTPError(404, f"no job call {method}")
         try:
             kwargs = json.loads(self.request.body or b"{}")
-            result = getattr(self.journal, method)(**kwargs)
+            result = await off_loop(getattr(self.journal, method), **kwargs)
         except (TypeError, ValueError) as exc:
             raise HTTPError(400, f"{method}: {describe(exc)}") from exc
         except ClaimLost as exc:  # the try was silent and the job given to another
@@ -134,37 +137,44 @@ class Studies(Authenticated):
             self.write(b"\r\n")
         self.write(f"--{boundary}--\r\n".encode())
 
-    def post(self, study_uid: str) -> None:
+    async def post(self, study_uid: str) -> None:
         study = self._study(study_uid)
         if study is None:
             raise HTTPError(404, "no such study")
+        stored, failed = await off_loop(self._store, study,
+                                        self.request.headers.get("Content-Type", ""),
+                                        self.request.body, self.get_arguments("destination"))
+        self.set_status(200 if not failed else 202 if stored else 409)
+        self.set_header("Content-Type", "application/dicom+json")
+        self.finish(json.dumps(_stow_response(stored, failed)))
+
+    def _store(self, study: Study, content_type: str, body: bytes, destinations: list[str]
+               ) -> tuple[list[tuple[Dataset, Path]], list[tuple[Dataset | None, int]]]:
+        """Keep the instances of `study` that a STOW-RS body holds durably and queue them to
+        `destinations`: (stored, failed with their FailureReason)."""
         try:
-            parts = multipart_related(self.request.headers.get("Content-Type", ""),
-                                      self.request.body)
+            parts = multipart_related(content_type, body)
         except ValueError as exc:
             raise HTTPError(415, str(exc)) from exc
-        folder = self.data_dir / "outputs" / file_name(study_uid)
+        folder = self.data_dir / "outputs" / file_name(study.study_uid)
         stored: list[tuple[Dataset, Path]] = []
         failed: list[tuple[Dataset | None, int]] = []
         for part in parts:
-            body = part.body
             try:
-                ds = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True)
+                ds = pydicom.dcmread(io.BytesIO(part.body), stop_before_pixels=True)
                 name = output_name(ds)
             except (InvalidDicomError, AttributeError, ValueError):
                 failed.append((None, CANNOT_UNDERSTAND))
                 continue
-            if str(ds.get("StudyInstanceUID", "")) != study_uid:
+            if str(ds.get("StudyInstanceUID", "")) != study.study_uid:
                 failed.append((ds, OTHER_STUDY))
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            write_durably(folder / name, _writer(body))
+            write_durably(folder / name, _writer(part.body))
             stored.append((ds, folder / name))
-        for destination in self.get_arguments("destination"):
+        for destination in destinations:
             self.journal.enqueue(study.study_key, destination, [p for _, p in stored])
-        self.set_status(200 if not failed else 202 if stored else 409)
-        self.set_header("Content-Type", "application/dicom+json")
-        self.finish(json.dumps(_stow_response(stored, failed)))
+        return stored, failed
 
     def _version(self, study_uid: str) -> list[Instance]:
         study = self._study(study_uid)
@@ -180,6 +190,13 @@ class Studies(Authenticated):
         if asked.isdigit():
             return self.journal.study(study_key(study_uid, int(asked)))
         raise HTTPError(400, "version is a whole number")
+
+
+async def off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call` in a thread of the loop's executor: a fsync or a journal write of one worker's
+    request must not hold up the others' (WADO-RS streams, heartbeats) on the one loop."""
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(call, *args, **kwargs))
 
 
 # STOW-RS FailureReason (PS3.18 Table 10.5.3-2): a part that is no DICOM file; an instance of

@@ -7,6 +7,7 @@ import email.parser
 import email.policy
 import io
 import json
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any
 import pydicom
 import pytest
 
+from pacs_node.api import ApiServer
+from pacs_node.config import Api
+from pacs_node.journal import Journal, Study
 from tests.conftest import free_port, node_config, storescu, wait_until
 from tests.integration.test_receive import dataset_bytes, journal_rows
 
@@ -183,3 +187,38 @@ def test_stow_rs_keeps_a_job_outputs_and_says_which_it_refused(serve: Any, study
     assert post(f"http://127.0.0.1:{port}/dicomweb/studies/1.2.3", body, content_type)[0] == 404
     assert post(stow, body, "application/json")[0] == 415
     assert post(stow, body, content_type, token=None)[0] == 401
+
+
+def test_a_slow_job_call_holds_up_no_other_request(tmp_path: Path) -> None:
+    """A journal write or a fsync that takes long (a busy disk) is done off the server's one
+    loop: while one worker's call waits on it, another's requests are answered."""
+    started, release = threading.Event(), threading.Event()
+
+    class SlowJournal(Journal):
+        def study(self, key: str) -> Study | None:
+            started.set()
+            release.wait(30)
+            return super().study(key)
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server = ApiServer(Api(port=0, token_file=token_file),
+                       SlowJournal(tmp_path / "journal.db"), tmp_path)
+    server.start()
+    api = f"http://127.0.0.1:{server.port}/api/journal"
+    slow: dict[str, Any] = {}
+    caller = threading.Thread(target=lambda: slow.update(answer=post(
+        f"{api}/study", json.dumps({"key": "1.2.3@1"}).encode())))
+    try:
+        caller.start()
+        assert started.wait(10)
+        # answered while the first call still waits (urllib's timeout is 10 s: it would fail)
+        assert post(f"{api}/set_state", b"{}") == (404, {"error": "no job call set_state"})
+        assert get(f"http://127.0.0.1:{server.port}/dicomweb/studies/1.2.3",
+                   token=None)[0] == 401
+        assert "answer" not in slow
+    finally:
+        release.set()
+        caller.join(15)
+        server.stop()
+    assert slow["answer"] == (200, {"result": None})
