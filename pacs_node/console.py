@@ -33,6 +33,7 @@ from pacs_node.users import User, load_users, verify
 from umsrep_core.pipelines import names, pipeline
 
 COOKIE = "umsrep_user"
+FLASH = "umsrep_message"  # what an action did, shown once on the page it returns to
 TEMPLATES = Path(__file__).with_name("console")
 OVERLAY_PIXELS = 512  # the longer side of a mask overlay preview
 PAGE = 50
@@ -72,12 +73,19 @@ class Page(RequestHandler):
 
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
-        namespace.update(message=self.get_argument("message", None), is_admin=self.admin,
+        message = self.get_signed_cookie(FLASH, max_age_days=1)
+        if message is not None:
+            self.clear_cookie(FLASH)
+        namespace.update(message=message and message.decode(), is_admin=self.admin,
                          show_phi=self.admin, when=_when)
         return namespace
 
     def back(self, where: str, message: str) -> None:
-        self.redirect(f"{where}?{urlencode({'message': message})}")
+        """Redirect to `where`, which shows `message` once: a signed cookie, not the query
+        string, so that a reload does not show it again and a link cannot make one up."""
+        self.set_signed_cookie(FLASH, message, expires_days=None, httponly=True,
+                               samesite="Strict", secure=self.tls)
+        self.redirect(where)
 
 
 class Login(Page):

@@ -106,6 +106,7 @@ def test_an_admin_reprocesses_a_study_and_a_viewer_only_looks(
     assert "reprocess: done, the study is receiving" in browser.find_element(
         By.ID, "message").text
     wait_until(lambda: state() == "done", timeout=120, interval=1)  # routed and run again
+    assert not browser.find_elements(By.ID, "message")  # shown once, not on each reload
     events = browser.find_element(By.ID, "events").text
     assert "reprocessing asked" in events and events.count("job chest done") == 2
     overlays = browser.find_elements(By.CSS_SELECTOR, "img.overlay")
@@ -115,6 +116,8 @@ def test_an_admin_reprocesses_a_study_and_a_viewer_only_looks(
     shoot(browser, tmp_path, "console-study.png")
     browser.get(f"{base}/console/")
     shoot(browser, tmp_path, "console-studies.png")
+    browser.get(f"{base}/console/?message=Your+session+ended:+call+555-0100")
+    assert not browser.find_elements(By.ID, "message")  # a link cannot make one up
 
     session = {c["name"]: c["value"] for c in browser.get_cookies()}
     forged = urllib.request.Request(f"{base}/console/studies/{key}/discard", data=b"",
