@@ -11,15 +11,18 @@ the study is processed and delivered once; the silent worker, back, ends nothing
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -213,21 +216,62 @@ def test_a_worker_host_lost_mid_task_loses_nothing_and_the_study_is_done_once(
                 outputs_in_pacs="16 of 16")
 
 
+class WorkerClock:
+    """The CPU seconds of the worker hosts' programs (each in a session of its own:
+    Host.start), sampled twenty times a second while a batch runs, reading only their own
+    /proc entries: a scan of every process at that rate would take CPU from them."""
+
+    def __init__(self, sessions: set[int]) -> None:
+        self.pids = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                     if (fields := _stat(stat)) and int(fields[3]) in sessions]
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            ticks = sum(sum(map(int, fields[11:13])) for pid in self.pids
+                        if (fields := _stat(Path(f"/proc/{pid}/stat"))))
+            self.samples.append((time.time(), ticks / os.sysconf("SC_CLK_TCK")))
+            self._stop.wait(0.05)
+
+    def cores(self, start: float, end: float) -> float:
+        """Cores the workers kept busy from `start` to `end` (times of the node's clock)."""
+        self._stop.set()
+        self._thread.join()
+        at, seconds = zip(*self.samples, strict=True)
+        return float(np.interp(end, at, seconds) - np.interp(start, at, seconds)) / (end - start)
+
+
+def _stat(path: Path) -> list[str]:
+    """The fields of a /proc/PID/stat after the command's name (state first); none once the
+    process has ended."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def test_a_second_worker_host_shares_the_batches(site: Site, tmp_path: Path,
                                                  fault_table: Any) -> None:
     """Studies per hour (one 2048 x 2048 CR each: SEG and SR, then SEG, SR and a denoised
     image) with one worker host, then two (a core of its own each, their models loaded before
     the clock starts): reported, not asserted (timings are bench/'s to judge); asserted: both
-    hosts work, and each study is done and delivered once."""
-    sent = 0
+    hosts work, and each study is done and delivered once. Beside them, the cores that the
+    workers kept busy: what the node, Redis, Orthanc and the test take of this machine's
+    cores, the workers lack."""
+    sent, workers = 0, set[int]()
 
-    def batch(count: int, caller: str = "HOSPITAL") -> float:
+    def batch(count: int, caller: str = "HOSPITAL") -> tuple[float, float]:
         """Studies per hour from the batch complete (sent in one association: each single-CR
-        study completes at its release) to its last job done, as the node's journal says."""
+        study completes at its release) to its last job done, as the node's journal says;
+        and the cores the workers kept busy meanwhile."""
         nonlocal sent
         studies = [chest_study(tmp_path / f"cr{sent + n}", 100 + sent + n, 1, size=2048)
                    for n in range(count)]
         sent += count
+        clock = WorkerClock(workers)
         site.send([f for files, _ in studies for f in files], calling_ae=caller)
         wait_for(lambda: site.done() == sent, timeout=600)
         for _, study_uid in studies:
@@ -240,17 +284,18 @@ def test_a_second_worker_host_shares_the_batches(site: Site, tmp_path: Path,
             events = [e for key in keys for e in journal.events(key)]
         finally:
             journal.close()
-        return count * 3600 / (max(e["at"] for e in events if e["state"] == "done")
-                               - min(e["at"] for e in events if e["state"] == "complete"))
+        start = min(e["at"] for e in events if e["state"] == "complete")
+        end = max(e["at"] for e in events if e["state"] == "done")
+        return count * 3600 / (end - start), clock.cores(start, end)
 
     def started(host: int) -> int:
         log = (site.lab.workers[host - 1].root / "worker.log").read_text()
         return len(re.findall(r"job chest(?:-denoised)? started", log))
 
-    site.worker(1, cpus="0")
+    workers.add(site.worker(1, cpus="0").pid)
     batch(1)  # its model loaded
     one = (batch(16), batch(8, "HEAVY"))
-    site.worker(2, cpus="1")
+    workers.add(site.worker(2, cpus="1").pid)
     while not started(2):  # both idle: a study goes to each, until the second has had one
         batch(2)
     before = started(2)
@@ -260,6 +305,13 @@ def test_a_second_worker_host_shares_the_batches(site: Site, tmp_path: Path,
     fault_table("studies with one worker host, then with two (a core each): 16 with SEG and "
                 "SR, 8 denoised too", "shared between the hosts, each study done and delivered "
                 "once", studies_per_host="/".join(map(str, took)),
-                studies_per_hour=f"{one[0]:.0f} and {one[1]:.0f} denoised with one host, "
-                                 f"{two[0]:.0f} and {two[1]:.0f} with two",
-                two_hosts_give=f"{two[0] / one[0]:.2f}x and {two[1] / one[1]:.2f}x")
+                studies_per_hour=f"{one[0][0]:.0f} and {one[1][0]:.0f} denoised with one "
+                                 f"host, {two[0][0]:.0f} and {two[1][0]:.0f} with two",
+                two_hosts_give=f"{two[0][0] / one[0][0]:.2f}x and {two[1][0] / one[1][0]:.2f}x",
+                worker_cores_busy=f"{one[0][1]:.2f} and {one[1][1]:.2f} with one host, "
+                                  f"{two[0][1]:.2f} and {two[1][1]:.2f} with two",
+                # the same with cores of their own: what the scaling is, this machine aside
+                per_busy_worker_core=f"{one[0][0] / one[0][1]:.0f} and "
+                                     f"{one[1][0] / one[1][1]:.0f} with one host, "
+                                     f"{two[0][0] / two[0][1]:.0f} and "
+                                     f"{two[1][0] / two[1][1]:.0f} with two")
