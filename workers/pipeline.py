@@ -31,7 +31,7 @@ from umsrep_core.pipelines import pipeline
 from workers.metrics import STAGES
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.seg import build_seg
-from workers.outputs.sources import highdicom_knows, unusable
+from workers.outputs.sources import needs_copy, unusable
 from workers.outputs.sr import build_sr
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,10 @@ def predictor(bundle: str) -> Predictor:
 
 def frames_of(ds: Dataset) -> list[Dataset]:
     """Single-frame images to build on: the image itself, or a copy of each of its frames
-    (highdicom builds SEG on single-frame images of the SOP classes it knows only: a retired
-    class's image, such as Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6, is copied too)."""
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    if count == 1 and highdicom_knows(ds):
+    (`needs_copy`)."""
+    if not needs_copy(ds):
         return [ds]
-    return [build_frame_image(ds, n) for n in range(1, count + 1)]
+    return [build_frame_image(ds, n) for n in range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1)]
 
 
 def job_process(journal: JobJournal, config: Config, study_key: str, route: str) -> Process:

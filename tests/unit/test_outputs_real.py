@@ -1,7 +1,8 @@
 """SEG, SR and frame images built on real files of ../shared/data/dicom-corpus and variants
 of them made to reproduce reported cases: a chest CR whose pixel spacing is zero, only in
 Imager Pixel Spacing or missing; an ultrasound image of a retired SOP class. Each output is
-valid (dciodvfy reports no error) and every DS it holds fits its VR."""
+valid (dciodvfy reports no error) and every DS it holds fits its VR. And pydicom's own test
+files, of other toolkits and vendors: the frames outputs are built on copy, or say why not."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from tests.conftest import dciodvfy_errors, overlong_values, shared_data
 from workers.outputs.derived import build_denoised, build_frame_image
 from workers.outputs.image_library import image_library
 from workers.outputs.seg import build_seg
-from workers.outputs.sources import highdicom_knows, unusable, with_type2
+from workers.outputs.sources import highdicom_knows, needs_copy, unusable, with_type2
 from workers.outputs.sr import build_sr
 from workers.outputs.uids import source_date_time
+from workers.pipeline import frames_of
 
 MODEL = {"model_name": "umsrep-test", "model_version": "0.1.0"}
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (Retired)
+PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 # Findings as a model gives them: floats with more digits than a DS holds.
 CXR_FINDINGS: dict[str, Any] = {
     "label": "normal", "probability": 0.5277529358863831, "ctr": 0.4812345678901234,
@@ -184,3 +187,26 @@ def test_patient_and_study_values_their_vr_does_not_allow_are_left_empty(tmp_pat
         assert ds.ContentDate == "19930224"  # the ISO content date is passed over
     assert source.PatientBirthDate == "1970-01-01"  # the source is left as received
     assert source_date_time(source) == ("19930224", "000000")
+
+
+def test_every_frame_copy_is_built_or_its_image_says_why_first() -> None:
+    """pydicom's own test files (from other toolkits and vendors) whose outputs are built on
+    copies of their frames: each frame is copied, or `unusable` says why before a job tries
+    (a 32-bit dose grid or 16-bit colour frames failed their jobs with a ValueError)."""
+    refused, copied = {}, []
+    for path in sorted(PYDICOM_TEST_FILES.glob("*.dcm")):
+        ds = pydicom.dcmread(path, force=True)  # some have no file meta: as a C-STORE sends
+        if "PixelData" not in ds or "SOPClassUID" not in ds:
+            continue
+        why = unusable(ds)  # as a job asks, first
+        if why is not None:
+            refused[path.name] = why
+        elif needs_copy(ds):
+            assert len(frames_of(ds)) == int(ds.get("NumberOfFrames", 1) or 1), path.name
+            copied.append(path.name)
+    assert refused["rtdose.dcm"] == (
+        "its frames are 32-bit grey, which no Secondary Capture copy to build outputs on can "
+        "hold (8 or 16-bit unsigned grey, 8-bit colour)")
+    assert refused["SC_rgb_rle_16bit_2frame.dcm"].startswith("its frames are 16-bit colour")
+    assert refused["badVR.dcm"].endswith("not all whole numbers")  # NumberOfFrames '1A'
+    assert {"SC_rgb_rle_2frame.dcm", "examples_ybr_color.dcm"} <= set(copied)

@@ -2,9 +2,9 @@
 
 Real images are not always conformant; our outputs must be. Here:
 - `unusable`: why no valid output can be built on an image (no pixels, UIDs that outputs
-  could not validly reference), or None;
-- `highdicom_knows`: whether highdicom builds on the image's SOP class (a retired or private
-  one gets a Secondary Capture copy to build on: `derived.build_frame_image`);
+  could not validly reference, frames that no copy to build on can hold), or None;
+- `needs_copy`: whether outputs are built on Secondary Capture copies of the image's frames
+  (`derived.build_frame_image`: a multi-frame image, a retired or private SOP class);
 - `with_type2`: the image with the Type 2 patient and study attributes that highdicom copies
   into every output present, and empty where the modality left them out or sent a value its
   VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a value
@@ -23,6 +23,9 @@ from pydicom.valuerep import validate_value
 
 from pacs_node.spool import is_valid_uid
 
+# The pixel layout (and its defaults) that decides whether frames can be copied to build on.
+LAYOUT = (("BitsAllocated", 0), ("SamplesPerPixel", 1), ("PixelRepresentation", 0),
+          ("NumberOfFrames", 1))
 REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Patient (C.7.1.1) and General Study (C.7.2.1) Type 2 attributes: highdicom reads them
 # unconditionally (a Fuji CR of 1995 has no Patient ID), and our outputs carry them as well.
@@ -34,16 +37,35 @@ def unusable(ds: Dataset) -> str | None:
     """Why no valid output can be built on `ds`, or None.
 
     The node stores what a PACS stores: images without pixel data (character set test
-    objects), and images whose UIDs do not conform (hex strings from anonymisers, leading
-    zeros), which our outputs would have to repeat, and be invalid.
+    objects), images whose UIDs do not conform (hex strings from anonymisers, leading
+    zeros), which our outputs would have to repeat, and be invalid, a pixel layout that is
+    not numbers, and frames that no Secondary Capture copy can hold (a 32-bit dose grid).
     """
     if not ds.get("PixelData"):
         return "no pixel data"
     bad = [name for name in REFERENCED_UIDS if not is_valid_uid(str(ds.get(name, "")))]
-    if not bad:
-        return None
-    verb = "is not a valid UID" if len(bad) == 1 else "are not valid UIDs"
-    return f"{', '.join(bad)} {verb}: outputs that reference it would be invalid DICOM"
+    if bad:
+        verb = "is not a valid UID" if len(bad) == 1 else "are not valid UIDs"
+        return f"{', '.join(bad)} {verb}: outputs that reference it would be invalid DICOM"
+    try:
+        bits, samples, representation, _frames = (int(ds.get(name, "") or default) for
+                                                   name, default in LAYOUT)
+    except (TypeError, ValueError):
+        return f"{', '.join(name for name, _ in LAYOUT)}: not all whole numbers"
+    colour, signed = samples > 1, representation == 1
+    if needs_copy(ds) and (signed or bits not in ((8,) if colour else (8, 16))):
+        return (f"its frames are {bits}-bit {'signed ' if signed else ''}"
+                f"{'colour' if colour else 'grey'}, which no Secondary Capture copy to build "
+                "outputs on can hold (8 or 16-bit unsigned grey, 8-bit colour)")
+    return None
+
+
+def needs_copy(ds: Dataset) -> bool:
+    """Whether outputs are built on a Secondary Capture copy of each of the image's frames
+    (`derived.build_frame_image`): highdicom builds SEG on single-frame images of the SOP
+    classes it knows only (not a retired one, such as Ultrasound Image Storage
+    1.2.840.10008.5.1.4.1.1.6)."""
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 or not highdicom_knows(ds)
 
 
 def highdicom_knows(ds: Dataset) -> bool:
