@@ -29,9 +29,9 @@ from umsrep_core.inference import Prediction, Predictor, default_device
 from umsrep_core.models.bundle import load_bundle
 from umsrep_core.pipelines import pipeline
 from workers.metrics import STAGES
-from workers.outputs.derived import build_denoised, build_frame_image
+from workers.outputs.derived import build_denoised, frames_of
 from workers.outputs.seg import build_seg
-from workers.outputs.sources import needs_copy, unusable
+from workers.outputs.sources import unusable
 from workers.outputs.sr import build_sr
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ log = logging.getLogger(__name__)
 def predictor(bundle: str) -> Predictor:
     """The bundle's predictor, loaded once per process and kept warm."""
     return Predictor(load_bundle(bundle, device=default_device()))
-
-
-def frames_of(ds: Dataset) -> list[Dataset]:
-    """Single-frame images to build on: the image itself, or a copy of each of its frames
-    (`needs_copy`)."""
-    if not needs_copy(ds):
-        return [ds]
-    return [build_frame_image(ds, n) for n in range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1)]
 
 
 def job_process(journal: JobJournal, config: Config, study_key: str, route: str) -> Process:

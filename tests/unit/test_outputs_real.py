@@ -18,13 +18,12 @@ from pydicom.dataset import Dataset
 
 from pacs_node import samples
 from tests.conftest import dciodvfy_errors, overlong_values, shared_data
-from workers.outputs.derived import build_denoised, build_frame_image
+from workers.outputs.derived import build_denoised, build_frame_image, frames_of
 from workers.outputs.image_library import image_library
 from workers.outputs.seg import build_seg
 from workers.outputs.sources import highdicom_knows, needs_copy, unusable, with_type2
 from workers.outputs.sr import build_sr
 from workers.outputs.uids import source_date_time
-from workers.pipeline import frames_of
 
 MODEL = {"model_name": "umsrep-test", "model_version": "0.1.0"}
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (Retired)

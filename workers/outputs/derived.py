@@ -1,6 +1,7 @@
 """Derived images, each a Secondary Capture series linked to its source image.
 
 - `build_denoised`: the model's denoised image.
+- `frames_of`: the images to build outputs on, the image itself or copies of its frames;
 - `build_frame_image`: one frame of a multi-frame image, pixels unchanged. highdicom cannot
   build a SEG on a multi-frame image without a frame of reference (a multi-frame US cine), so
   SEG and SR of such a frame are built on this single-frame image, which is sent with them;
@@ -29,7 +30,7 @@ from workers.outputs import (
     SERIES_NUMBER_FRAMES,
     description,
 )
-from workers.outputs.sources import with_type2
+from workers.outputs.sources import needs_copy, with_type2
 from workers.outputs.uids import output_uid, pin_times
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
@@ -133,6 +134,14 @@ def build_denoised(source: Dataset, image: np.ndarray, *, model_name: str,
     sc.DerivationCodeSequence = [_code_item(codes.DCM.ImageProcessing)]
     sc.WindowCenter, sc.WindowWidth = (top + 1) // 2, top + 1
     return sc
+
+
+def frames_of(ds: Dataset) -> list[Dataset]:
+    """Single-frame images to build outputs on: the image itself, or a copy of each of its
+    frames (`sources.needs_copy`)."""
+    if not needs_copy(ds):
+        return [ds]
+    return [build_frame_image(ds, n) for n in range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1)]
 
 
 def build_frame_image(source: Dataset, frame_number: int) -> Dataset:
