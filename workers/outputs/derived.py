@@ -1,7 +1,7 @@
 """Derived images, each a Secondary Capture series linked to its source image.
 
 - `build_denoised`: the model's denoised image.
-- `frames_of`: the images to build outputs on, the image itself or copies of its frames;
+- `frames_of`: the images to build outputs on, the image itself or copies of its frames.
 - `build_frame_image`: one frame of a multi-frame image, pixels unchanged. highdicom cannot
   build a SEG on a multi-frame image without a frame of reference (a multi-frame US cine), so
   SEG and SR of such a frame are built on this single-frame image, which is sent with them;
