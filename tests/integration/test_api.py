@@ -91,17 +91,26 @@ def dataset_bytes_of(part: bytes) -> bytes:
     return part[132 + 12 + meta_length:]
 
 
-def post(url: str, body: bytes, content_type: str = "application/json",
-         token: str | None = TOKEN) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=body)
-    request.add_header("Content-Type", content_type)
+def call(url: str, method: str = "GET", body: bytes = b"",
+         content_type: str = "application/json", token: str | None = TOKEN, *,
+         timeout: float = 30) -> tuple[int, Any]:
+    """A call of the node's HTTP API that answers JSON: (status, the answer)."""
+    request = urllib.request.Request(url, data=body if method == "POST" else None,
+                                     method=method)
+    if method == "POST":
+        request.add_header("Content-Type", content_type)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def post(url: str, body: bytes, content_type: str = "application/json",
+         token: str | None = TOKEN) -> tuple[int, Any]:
+    return call(url, "POST", body, content_type, token, timeout=10)
 
 
 def test_the_job_api_takes_only_its_calls(

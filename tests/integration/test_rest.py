@@ -4,11 +4,8 @@ reprocess, discard, retry deliveries, counts, and the OpenAPI document of exactl
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +14,9 @@ import pytest
 
 from pacs_node.rest import OPERATIONS, PREFIX, routes
 from tests.conftest import free_port, node_config, storescu, wait_until
+from tests.integration.test_api import TOKEN, call
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "a-token-of-the-test-0123456789"
-
-
-def call(url: str, method: str = "GET", token: str | None = TOKEN) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=b"" if method == "POST" else None,
-                                     method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
 
 def test_every_operation_described_is_served_and_every_route_described() -> None:
     patterns = [re.compile(p + "$") for p, _, _ in routes(None, TOKEN)]  # type: ignore[arg-type]
