@@ -399,6 +399,10 @@ class Journal:
         return {r["state"]: r["n"] for r in self._query(
             "SELECT state, COUNT(*) AS n FROM studies GROUP BY state")}
 
+    def job_counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
     def outbox_counts(self) -> dict[str, dict[str, int]]:
         """Outbox items per destination, per state."""
         counts: dict[str, dict[str, int]] = {}

@@ -141,10 +141,8 @@ class RouteAction(Handler):
 
 class Counts(Handler):
     def get(self) -> None:
-        jobs: dict[str, int] = {}
-        for job in self.journal.jobs():
-            jobs[job["state"]] = jobs.get(job["state"], 0) + 1
-        self.reply({"at": time.time(), "studies": self.journal.state_counts(), "jobs": jobs,
+        self.reply({"at": time.time(), "studies": self.journal.state_counts(),
+                    "jobs": self.journal.job_counts(),
                     "outbox": self.journal.outbox_counts(),
                     "paused_routes": sorted(self.journal.paused())})
 
