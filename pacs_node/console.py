@@ -30,6 +30,7 @@ from pacs_node.journal import STATES
 from pacs_node.rest import Operated
 from pacs_node.studies_cmd import finding_text, study_report
 from pacs_node.users import User, load_users, verify
+from umsrep_core.imaging.pixels import read_frames
 from umsrep_core.pipelines import names, pipeline
 
 COOKIE = "umsrep_user"
@@ -237,17 +238,12 @@ def _segmentations(items: list[dict[str, Any]]) -> list[Path]:
 
 
 def _overlay(source: pydicom.Dataset, seg: pydicom.Dataset) -> bytes:
-    """The source in gray (MONOCHROME1 inverted), each segment tinted, at most
-    OVERLAY_PIXELS a side."""
-    image = np.asarray(source.pixel_array, dtype=np.float32)
-    if image.ndim == 3 and image.shape[-1] != 3:
-        image = image[0]  # a multi-frame image: its first frame
-    if image.ndim == 3:
-        image = image.mean(axis=-1)
+    """The source in gray as the pipeline reads it (read_frames: MONOCHROME1 inverted,
+    colour and palette to luminance; a multi-frame image's first frame), contrast stretched,
+    each segment tinted, at most OVERLAY_PIXELS a side."""
+    image = read_frames(source)[0]
     low, high = np.percentile(image, (0.5, 99.5))
     gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
-    if source.get("PhotometricInterpretation") == "MONOCHROME1":
-        gray = 1 - gray
     rgb = np.repeat(gray[..., None] * 255, 3, axis=2)
     masks = np.asarray(seg.pixel_array).reshape(-1, *gray.shape)
     for n, mask in enumerate(masks):
