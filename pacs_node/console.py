@@ -135,15 +135,10 @@ class Studies(Page):
             since=None if hours is None else time.time() - hours * 3600,
             route=filters["route"] or None, calling_ae=filters["calling_ae"] or None,
             modality=filters["modality"] or None, limit=PAGE, offset=offset)
-        counts = self.journal.counts()
-        rows = []
-        for study in found:
-            row = study_report(self.journal, study, counts.get(study.study_key, 0),
-                               phi=self.admin)
-            row["modalities"] = sorted({i.attrs.modality for i in
-                                        self.journal.instances(study.study_key)
-                                        if i.attrs.modality})
-            rows.append(row)
+        counts, modalities = self.journal.counts(), self.journal.modalities()
+        rows = [{**study_report(self.journal, study, counts.get(study.study_key, 0),
+                                phi=self.admin),
+                 "modalities": modalities.get(study.study_key, [])} for study in found]
 
         def page(at: int) -> str:
             return "/console/?" + urlencode({**{k: v for k, v in filters.items() if v},

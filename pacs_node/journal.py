@@ -417,6 +417,15 @@ class Journal:
                            (str(path),))
         return str(rows[0]["study_key"]) if rows else None
 
+    def modalities(self) -> dict[str, list[str]]:
+        """The modalities of each study's series, sorted, for listing without loading every
+        instance."""
+        found: dict[str, list[str]] = {}
+        for r in self._query("SELECT DISTINCT study_key, modality FROM series WHERE "
+                             "modality IS NOT NULL AND modality != '' ORDER BY modality"):
+            found.setdefault(r["study_key"], []).append(r["modality"])
+        return found
+
     def counts(self) -> dict[str, int]:
         """Instances per study key, for listing without loading every row."""
         return {r["study_key"]: r["n"] for r in self._query(

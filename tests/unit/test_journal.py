@@ -166,6 +166,16 @@ def test_concurrent_writers_from_threads(journal: Journal) -> None:
     assert journal.counts() == {"1.2.3@1": 80}
 
 
+def test_modalities_of_each_study_come_from_its_series(journal: Journal) -> None:
+    add(journal, "1.2.3.1")
+    journal.add_instance(study_uid="1.2.3", series_uid="1.2.3.2", sop_instance_uid="1.2.3.2.1",
+                         sop_class_uid="1.2.840.10008.5.1.4.1.1.88.22",
+                         transfer_syntax="1.2.840.10008.1.2.1", path=Path("/s/sr"), size=10,
+                         attrs=InstanceAttrs(modality="SR"))
+    add(journal, "4.5.6.1", study="4.5.6")
+    assert journal.modalities() == {"1.2.3@1": ["CR", "SR"], "4.5.6@1": ["CR"]}
+
+
 def test_failed_items_can_be_retried(journal: Journal) -> None:
     key = add(journal, "1.2.3.1.1")
     journal.enqueue(key, "pacs", [Path("/s/a")])
