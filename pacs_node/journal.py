@@ -458,10 +458,11 @@ class Journal:
             db.execute("UPDATE jobs SET dispatched_at = ? WHERE study_key = ? AND route = ?",
                        (time.time(), key, route))
 
-    def jobs(self, key: str | None = None) -> list[dict[str, Any]]:
-        if key is None:
-            return [dict(r) for r in self._query("SELECT * FROM jobs")]
-        return [dict(r) for r in self._query("SELECT * FROM jobs WHERE study_key = ?", (key,))]
+    def jobs(self, key: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """The jobs of study `key` (None: every study), in `state` (None: any)."""
+        return [dict(r) for r in self._query(
+            "SELECT * FROM jobs WHERE (? IS NULL OR study_key = ?) AND (? IS NULL OR state = ?)",
+            (key, key, state, state))]
 
     def requeue_jobs(self) -> int:
         """Jobs queued or running when the node stopped go back to queued, to be dispatched

@@ -138,10 +138,9 @@ class Node:
         broker = self.config.broker
         stale_before = time.time() - broker.redispatch_after_s if broker else 0.0
         paused = self.journal.paused()
-        for job in self.journal.jobs():
+        for job in self.journal.jobs(state="queued"):  # not every job the journal has held
             sent = job["dispatched_at"]
-            if (job["state"] != "queued" or (sent is not None and sent > stale_before)
-                    or job["route"] in paused):
+            if (sent is not None and sent > stale_before) or job["route"] in paused:
                 continue
             if sent is not None:
                 log.warning("study %s: job %s not started %.0f s after it was sent: sending "

@@ -108,9 +108,11 @@ def test_requeue_after_stop(journal: Journal) -> None:
     journal.add_job(key, "a", Process(pipeline="cxr"))
     journal.job_dispatched(key, "a")
     journal.start_job(key, "a")
+    assert journal.jobs(state="queued") == []  # what dispatch asks for
     assert journal.requeue_jobs() == 1
     job = journal.jobs(key)[0]
     assert job["state"] == "queued" and job["dispatched_at"] is None
+    assert journal.jobs(state="queued") == [job] == journal.jobs(key, "queued")
 
 
 def test_a_silent_try_loses_its_job_and_can_end_nothing(journal: Journal) -> None:
