@@ -18,7 +18,6 @@ image leave the head out (`heads`), and the tiles are not computed.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from umsrep_core.models.umsrep import for_inference
 from umsrep_core.pipelines import pipeline
 from umsrep_core.pipelines.base import Calibration, Spacing
 
-__all__ = ["Prediction", "Predictor", "default_device", "read_image_file", "synchronize"]
+__all__ = ["Frame", "Prediction", "Predictor", "default_device", "read_image_file", "synchronize"]
 
 TILE_MARGIN = 16  # pixels of context around each denoising tile's kept centre
 
@@ -93,7 +92,9 @@ def read_image_file(path: Path) -> np.ndarray:
 
 
 @dataclass
-class _Input:
+class Frame:
+    """One frame to predict on: decoded, and calibrated for the bundle's modality."""
+
     image: np.ndarray  # float32 (rows, cols) in [0, 1]
     calibration: Calibration  # its notes: reasons known before the model runs
 
@@ -136,27 +137,21 @@ class Predictor:
                       ) -> list[Prediction]:
         """One Prediction per frame of `ds`, with its pixel spacing or ultrasound region.
         `heads`: the heads to run (default: all the bundle has)."""
-        return self.predict_datasets([ds], heads)[0]
-
-    def predict_datasets(self, datasets: Sequence[pydicom.Dataset],
-                         heads: Sequence[str] | None = None) -> list[list[Prediction]]:
-        """predict_dicom for several datasets, their frames batched together (`batch_size`
-        per forward pass): one list of Predictions per dataset."""
         started = time.perf_counter()
-        inputs: list[_Input] = []
-        counts = []
-        for ds in datasets:
-            frames = self._inputs(ds)
-            inputs += frames
-            counts.append(len(frames))
-        predictions = self._run(inputs, heads, decoding_s=time.perf_counter() - started)
-        ends = list(itertools.accumulate(counts))
-        return [predictions[end - n:end] for n, end in zip(counts, ends, strict=True)]
+        frames = self.frames(ds)
+        return self._run(frames, heads, decoding_s=time.perf_counter() - started)
 
-    def _inputs(self, ds: pydicom.Dataset) -> list[_Input]:
-        """The frames of `ds`, decoded, with the calibration of the bundle's modality."""
+    def frames(self, ds: pydicom.Dataset) -> list[Frame]:
+        """The frames of `ds`, decoded, with the calibration of the bundle's modality. Raises
+        InferenceError when its pixel data are missing or cannot be decoded."""
         calibration = self.pipeline.calibrate(ds)
-        return [_Input(f, calibration) for f in read_frames(ds)]
+        return [Frame(f, calibration) for f in read_frames(ds)]
+
+    def predict_frames(self, frames: Sequence[Frame], heads: Sequence[str] | None = None
+                       ) -> list[Prediction]:
+        """One Prediction per frame, `batch_size` frames per forward pass. The caller decodes
+        (`frames`) image by image: one that cannot be decoded fails alone, not its batch."""
+        return self._run(list(frames), heads)
 
     def predict_array(self, image: np.ndarray, *, pixel_spacing: Spacing = None,
                       region: SpectralRegion | None = None,
@@ -175,7 +170,7 @@ class Predictor:
         boxes = list(regions) if regions is not None else [None] * n
         if len(spacings) != n or len(boxes) != n:
             raise ValueError(f"{n} images, {len(spacings)} spacings, {len(boxes)} regions")
-        inputs = [_Input(np.asarray(img, dtype=np.float32), Calibration(spacing=s, region=r))
+        inputs = [Frame(np.asarray(img, dtype=np.float32), Calibration(spacing=s, region=r))
                   for img, s, r in zip(images, spacings, boxes, strict=True)]
         return self._run(inputs, heads)
 
@@ -216,7 +211,7 @@ class Predictor:
 
     # --- the pass ---------------------------------------------------------------------------
 
-    def _run(self, inputs: list[_Input], heads: Sequence[str] | None,
+    def _run(self, inputs: list[Frame], heads: Sequence[str] | None,
              decoding_s: float = 0.0) -> list[Prediction]:
         wanted = tuple(self.heads if heads is None else heads)
         tiled = "denoise" in wanted and self.denoise_grid == "source"
@@ -252,14 +247,14 @@ class Predictor:
             value = value * self.std + self.mean
         return value.float().cpu().numpy()
 
-    def _letterbox(self, item: _Input) -> Letterbox:
+    def _letterbox(self, item: Frame) -> Letterbox:
         if item.image.ndim != 2:
             raise InferenceError(f"expected a 2-D grayscale image, got shape {item.image.shape}")
         region = item.calibration.region
         crop = region_box(region) if region is not None else None
         return Letterbox.fit(item.image.shape, self.size, crop=crop)
 
-    def _prediction(self, item: _Input, box: Letterbox, heads: dict[str, np.ndarray],
+    def _prediction(self, item: Frame, box: Letterbox, heads: dict[str, np.ndarray],
                     denoised: np.ndarray | None) -> Prediction:
         """`denoised`: the image denoised on its own grid, or None (then from `heads`)."""
         reasons = list(item.calibration.notes)

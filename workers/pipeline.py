@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from pacs_node.config import Config, Process
 from pacs_node.dispatch import JobJournal
 from pacs_node.spool import file_name, output_name, write_durably
-from umsrep_core.errors import RoutingError, StudySkipped
-from umsrep_core.inference import Prediction, Predictor, default_device
+from umsrep_core.errors import InferenceError, RoutingError, StudySkipped
+from umsrep_core.inference import Frame, Prediction, Predictor, default_device
 from umsrep_core.models.bundle import load_bundle
 from umsrep_core.pipelines import pipeline
 from workers.metrics import STAGES
@@ -103,17 +103,33 @@ def process_study(journal: JobJournal, config: Config, study_key: str, route: st
     heads = heads_for(process, model.heads)
     batch: list[tuple[Dataset, Dataset]] = []  # (image to build on, the instance it is of)
 
+    def skip(source: Dataset, ds: Dataset, why: str) -> None:
+        frame = "" if source is ds else f" frame {source.InstanceNumber}"
+        skipped.append(f"{ds.SOPInstanceUID}{frame}: {why}")
+
     def run_batch() -> None:
-        """Images in batches (one encoder pass per image, every head), then their outputs:
-        a study of any size holds no more than a batch of decoded images at a time."""
-        predictions = model.predict_datasets([source for source, _ in batch], heads=heads)
+        """Images in batches (decoded, then one encoder pass per image, every head), then
+        their outputs: a study of any size holds no more than a batch of decoded images at
+        a time."""
+        t_decode = time.perf_counter()
+        taken: list[tuple[Dataset, Dataset]] = []
+        frames: list[Frame] = []
+        for source, ds in batch:
+            try:
+                [frame] = model.frames(source)  # frames_of gives single-frame images
+            except InferenceError as exc:  # pixel data that no installed decoder reads
+                skip(source, ds, str(exc))
+                continue
+            taken.append((source, ds))
+            frames.append(frame)
+        seconds["preprocess"] += time.perf_counter() - t_decode
+        predictions = model.predict_frames(frames, heads=heads)
         for stage, spent in model.timings.items():
             seconds[stage] += spent
         t_write = time.perf_counter()
-        for (source, ds), [prediction] in zip(batch, predictions, strict=True):
+        for (source, ds), prediction in zip(taken, predictions, strict=True):
             if prediction.not_applicable is not None:  # the model does not know this image
-                frame = "" if source is ds else f" frame {source.InstanceNumber}"
-                skipped.append(f"{ds.SOPInstanceUID}{frame}: {prediction.not_applicable}")
+                skip(source, ds, prediction.not_applicable)
                 continue
             journal.note(study_key, "findings", json.dumps(
                 {"sop_instance_uid": str(source.SOPInstanceUID), **prediction.to_json()}))
@@ -130,11 +146,14 @@ def process_study(journal: JobJournal, config: Config, study_key: str, route: st
         t_read = time.perf_counter()
         ds = pydicom.dcmread(instance.path)
         why = pipeline(process.pipeline).not_applicable(ds) or unusable(ds)
-        frames = frames_of(ds) if why is None else []
+        try:
+            sources = frames_of(ds) if why is None else []
+        except InferenceError as exc:  # a multi-frame image's pixel data no decoder reads
+            sources, why = [], str(exc)
         seconds["preprocess"] += time.perf_counter() - t_read
         if why is not None:
             skipped.append(f"{instance.sop_instance_uid}: {why}")
-        for source in frames:
+        for source in sources:
             batch.append((source, ds))
             if len(batch) == model.batch_size:
                 run_batch()

@@ -10,6 +10,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from pydicom.data import get_testdata_file
 
 from pacs_node import cli, samples
 from pacs_node.config import Config
@@ -18,6 +19,7 @@ from pacs_node.node import Node
 from pacs_node.sender import send_files
 from tests.conftest import node_config, storescu, wait_until
 from tests.integration.conftest import settled
+from tests.unit.test_errors_transient import undecodable_cr
 from tests.unit.test_inference import tiny_bundle
 
 pytestmark = pytest.mark.integration
@@ -89,6 +91,38 @@ def test_nothing_applicable_ends_skipped_with_its_reason(node: Node, tmp_path: P
     assert reasons["chest"][0] == "skipped" and "not a frontal view" in reasons["chest"][1]
     assert reasons["echo"][0] == "skipped" and "no spectral Doppler region" in reasons["echo"][1]
     assert node.journal.outbox() == []
+
+
+def test_an_image_no_decoder_reads_is_skipped_with_its_reason_and_its_study_goes_on(
+        node: Node, tmp_path: Path) -> None:
+    """Pixel data that no installed decoder reads is the image's own defect: the job does
+    not fail on it. Garbage RLE, and pydicom's real 12-bit JPEG Extended test file (an NM
+    image of the whole body, relabelled a chest CR), which neither pylibjpeg nor Pillow reads."""
+    good = samples.cr_dataset(10, rows=256, columns=256)
+    single, multi = undecodable_cr(11), undecodable_cr(12, frames=2)
+    for bad in (single, multi):  # in the good image's study
+        bad.StudyInstanceUID = good.StudyInstanceUID
+    paths = [samples.write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate((good, single,
+                                                                              multi))]
+    assert storescu(node.port, paths, extra=("-xr",)).returncode == 0  # RLE goes as it is
+    alone = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))  # a study of its own
+    alone.Modality, alone.BodyPartExamined = "CR", "CHEST"
+    assert storescu(node.port, [samples.write(alone, tmp_path / "jpeg.dcm")],
+                    extra=("-xx",)).returncode == 0  # JPEG 12-bit: goes as it is
+    studies = {s.study_uid: s for s in wait_until(lambda: settled(node, 2), timeout=90)}
+    mixed, lone = studies[str(good.StudyInstanceUID)], studies[str(alone.StudyInstanceUID)]
+    assert mixed.state == "done", mixed.reason
+    [noted] = [e["detail"] for e in node.journal.events(mixed.study_key)
+               if e["state"] == "skipped images"]
+    for bad in (single, multi):
+        assert f"{bad.SOPInstanceUID}: cannot decode pixel data in transfer syntax RLE " \
+            "Lossless" in noted
+    findings = [e for e in node.journal.events(mixed.study_key) if e["state"] == "findings"]
+    assert len(findings) == 1  # the good image
+    assert lone.state == "skipped"
+    assert (lone.reason or "").startswith(
+        f"job chest skipped: nothing the pipeline applies to: {alone.SOPInstanceUID}: cannot "
+        "decode pixel data in transfer syntax JPEG Extended (Process 2 and 4)")
 
 
 def test_the_same_study_twice_adds_nothing_and_our_outputs_are_not_processed(

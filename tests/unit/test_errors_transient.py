@@ -74,10 +74,12 @@ def test_errors_raised_on_purpose_and_unknown_ones_are_permanent() -> None:
         assert not is_transient(exc), exc
 
 
-def undecodable_cr(seed: int) -> Dataset:
+def undecodable_cr(seed: int, frames: int = 1) -> Dataset:
     """A CR image whose RLE pixel data is garbage: received whole, never decodable."""
     ds = samples.cr_dataset(seed, rows=256, columns=256)
-    ds.PixelData = encapsulate([bytes(64)])  # an RLE header of no segments
+    ds.PixelData = encapsulate([bytes(64)] * frames)  # RLE headers of no segments
+    if frames > 1:
+        ds.NumberOfFrames = frames
     ds.file_meta.TransferSyntaxUID = RLELossless
     return ds
 

@@ -17,6 +17,7 @@ from pydicom.tag import Tag
 from pydicom.uid import SegmentationStorage, UltrasoundMultiFrameImageStorage
 
 from pacs_node import samples
+from umsrep_core.imaging.pixels import stored_pixels
 from umsrep_core.models.bundle import BUNDLES_DIR, OTHER_CLASS
 from umsrep_core.pipelines import pipeline
 from workers.outputs import NOT_FOR_CLINICAL_USE
@@ -64,7 +65,7 @@ def _sources() -> dict[str, Dataset]:
         "us_gray": samples.us_doppler_dataset(4),
         "us_rgb": samples.us_doppler_dataset(5, pixels=rgb),
         # SEG and SR of a cine's frame are built on its single-frame image.
-        "us_frame": build_frame_image(MULTIFRAME, 2),
+        "us_frame": build_frame_image(MULTIFRAME, 2, stored_pixels(MULTIFRAME)),
     }
 
 
@@ -357,11 +358,12 @@ def test_frame_image_copies_one_frame_and_references_it() -> None:
     assert reference.ReferencedSOPInstanceUID == MULTIFRAME.SOPInstanceUID
     assert int(reference.ReferencedFrameNumber) == 2
     assert frame_image.StudyInstanceUID == MULTIFRAME.StudyInstanceUID
-    again = build_frame_image(MULTIFRAME, 2)
+    pixels = stored_pixels(MULTIFRAME)
+    again = build_frame_image(MULTIFRAME, 2, pixels)
     assert _encode(again) == _encode(SOURCES["us_frame"])
-    assert build_frame_image(MULTIFRAME, 3).SOPInstanceUID != again.SOPInstanceUID
+    assert build_frame_image(MULTIFRAME, 3, pixels).SOPInstanceUID != again.SOPInstanceUID
     with pytest.raises(ValueError, match=r"not in 1\.\.3"):
-        build_frame_image(MULTIFRAME, 4)
+        build_frame_image(MULTIFRAME, 4, pixels)
 
 
 def test_seg_refuses_a_multiframe_source() -> None:

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from pacs_node import samples
 from tests.conftest import dciodvfy_errors, overlong_values, shared_data
-from workers.outputs.derived import build_denoised, build_frame_image, frames_of
+from workers.outputs.derived import build_denoised, frames_of
 from workers.outputs.image_library import image_library
 from workers.outputs.seg import build_seg
 from workers.outputs.sources import highdicom_knows, needs_copy, unusable, with_type2
@@ -132,7 +132,7 @@ def test_the_image_library_is_highdicoms_where_highdicom_copes() -> None:
 def test_a_retired_class_us_is_built_on_a_secondary_capture_copy(tmp_path: Path) -> None:
     source = retired_us()
     assert not highdicom_knows(source)
-    frame = build_frame_image(source, 1)
+    [frame] = frames_of(source)
     reference = frame.SourceImageSequence[0]
     assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (
         RETIRED_US, source.SOPInstanceUID)

@@ -24,7 +24,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from umsrep_core.errors import InferenceError
 
-__all__ = ["LUMINANCE", "pixel_spacing", "read_frames"]
+__all__ = ["LUMINANCE", "pixel_spacing", "read_frames", "stored_pixels"]
 
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # Rec. 601, as in YBR_FULL
 _MONO = ("MONOCHROME1", "MONOCHROME2")
@@ -50,6 +50,12 @@ def read_frames(ds: Dataset) -> list[np.ndarray]:
         raise InferenceError(f"unsupported Photometric Interpretation {photometric!r}")
     return [_gray_to_display(frame, view, photometric)
             for frame, view in zip(arr, _frame_views(ds, len(arr)), strict=True)]
+
+
+def stored_pixels(ds: Dataset) -> np.ndarray:
+    """Every frame of `ds` as stored, colour as RGB: (frames,) rows, columns (, 3), the frame
+    axis only where NumberOfFrames is over 1. Raises InferenceError as read_frames does."""
+    return _decode(ds)[0]
 
 
 def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
@@ -88,6 +94,8 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, str]:
                   else ImplicitVRLittleEndian)
     try:
         arr, info = get_decoder(tsyntax).as_array(ds)  # as_rgb, the default: YBR -> RGB
+    except MemoryError:  # not the image's fault: may pass
+        raise
     except Exception as exc:  # every decoder failure is the same thing to the caller
         raise InferenceError(f"cannot decode pixel data in transfer syntax {tsyntax.name} "
                              f"({tsyntax}): {exc}") from exc

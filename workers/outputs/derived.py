@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from umsrep_core.imaging.pixels import stored_pixels
 from workers.outputs import (
     MANUFACTURER,
     NOT_FOR_CLINICAL_USE,
@@ -138,14 +139,18 @@ def build_denoised(source: Dataset, image: np.ndarray, *, model_name: str,
 
 def frames_of(ds: Dataset) -> list[Dataset]:
     """Single-frame images to build outputs on: the image itself, or a copy of each of its
-    frames (`sources.needs_copy`)."""
+    frames (`sources.needs_copy`).
+    Raises InferenceError when a copy is needed and the pixel data cannot be decoded."""
     if not needs_copy(ds):
         return [ds]
-    return [build_frame_image(ds, n) for n in range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1)]
+    pixels = stored_pixels(ds)  # decoded once for every frame
+    return [build_frame_image(ds, n, pixels)
+            for n in range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1)]
 
 
-def build_frame_image(source: Dataset, frame_number: int) -> Dataset:
-    """Frame `frame_number` (1-based) of a multi-frame `source` as a single-frame SC.
+def build_frame_image(source: Dataset, frame_number: int, pixels: np.ndarray) -> Dataset:
+    """Frame `frame_number` (1-based) of a multi-frame `source` as a single-frame SC;
+    `pixels`: the source's `stored_pixels`.
 
     The pixels are the decoded frame, unchanged (RGB stays RGB; YBR comes out RGB as pydicom
     decodes it). The UIDs derive from the source and the frame number only, not a model:
@@ -154,7 +159,6 @@ def build_frame_image(source: Dataset, frame_number: int) -> Dataset:
     frames = int(source.get("NumberOfFrames", 1) or 1)
     if not 1 <= frame_number <= frames:
         raise ValueError(f"frame {frame_number} is not in 1..{frames}")
-    pixels = source.pixel_array
     frame = np.ascontiguousarray(pixels[frame_number - 1] if frames > 1 else pixels)
     if frame.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"frame pixels must be unsigned 8 or 16 bit, got {frame.dtype}")
