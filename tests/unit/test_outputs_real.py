@@ -145,6 +145,21 @@ def test_a_retired_class_us_is_built_on_a_secondary_capture_copy(tmp_path: Path)
     assert_valid({"frame": frame, "seg": seg, "sr": sr}, tmp_path)
 
 
+@pytest.mark.integration
+def test_a_single_frame_rt_image_without_number_of_frames_is_built_on_a_copy(
+        tmp_path: Path) -> None:
+    """A real Varian portal image (RT Image: Multi-frame module Type 1C, NumberOfFrames left
+    out). highdicom read NumberOfFrames and the job failed with an AttributeError."""
+    source = corpus_file("RI6XDosiGap.dcm")
+    assert "NumberOfFrames" not in source and highdicom_knows(source)
+    assert needs_copy(source)
+    [frame] = frames_of(source)
+    assert np.array_equal(frame.pixel_array, source.pixel_array)
+    seg = build_seg(frame, chest_masks(frame), modality="cxr", **MODEL)
+    sr = build_sr(frame, seg, CXR_FINDINGS, modality="cxr", **MODEL)
+    assert_valid({"frame": frame, "seg": seg, "sr": sr}, tmp_path)
+
+
 def test_images_no_output_can_be_built_on_say_why() -> None:
     assert unusable(corpus_file("charset/chrJapMulti.dcm")) == "no pixel data"
     leading_zeros = unusable(corpus_file("CR-ModalitySequenceLUT.dcm"))

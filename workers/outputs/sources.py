@@ -4,7 +4,8 @@ Real images are not always conformant; our outputs must be. Here:
 - `unusable`: why no valid output can be built on an image (no pixels, UIDs that outputs
   could not validly reference, frames that no copy to build on can hold), or None;
 - `needs_copy`: whether outputs are built on Secondary Capture copies of the image's frames
-  (`derived.build_frame_image`: a multi-frame image, a retired or private SOP class);
+  (`derived.build_frame_image`: a multi-frame image, a retired or private SOP class, an
+  RT image without NumberOfFrames);
 - `with_type2`: the image with the Type 2 patient and study attributes that highdicom copies
   into every output present, and empty where the modality left them out or sent a value its
   VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a value
@@ -18,7 +19,12 @@ import copy
 
 from pydicom import config
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    RTImageStorage,
+    XRayAngiographicImageStorage,
+    XRayRadiofluoroscopicImageStorage,
+)
 from pydicom.valuerep import validate_value
 
 from pacs_node.spool import is_valid_uid
@@ -27,6 +33,10 @@ from pacs_node.spool import is_valid_uid
 LAYOUT = (("BitsAllocated", 0), ("SamplesPerPixel", 1), ("PixelRepresentation", 0),
           ("NumberOfFrames", 1))
 REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# Classes whose IOD has the Multi-frame module as Type 1C: a single-frame image may leave
+# NumberOfFrames out, which highdicom (0.28) reads wherever the IOD has it (AttributeError).
+FRAMES_1C = frozenset({RTImageStorage, XRayAngiographicImageStorage,
+                       XRayRadiofluoroscopicImageStorage})
 # Patient (C.7.1.1) and General Study (C.7.2.1) Type 2 attributes: highdicom reads them
 # unconditionally (a Fuji CR of 1995 has no Patient ID), and our outputs carry them as well.
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -64,8 +74,11 @@ def needs_copy(ds: Dataset) -> bool:
     """Whether outputs are built on a Secondary Capture copy of each of the image's frames
     (`derived.build_frame_image`): highdicom builds SEG on single-frame images of the SOP
     classes it knows only (not a retired one, such as Ultrasound Image Storage
-    1.2.840.10008.5.1.4.1.1.6)."""
-    return int(ds.get("NumberOfFrames", 1) or 1) > 1 or not highdicom_knows(ds)
+    1.2.840.10008.5.1.4.1.1.6), and not on one that leaves out a NumberOfFrames it reads
+    (`FRAMES_1C`: an RT image)."""
+    frames = ds.get("NumberOfFrames")
+    return (int(frames or 1) > 1 or not highdicom_knows(ds)
+            or (frames is None and ds.SOPClassUID in FRAMES_1C))
 
 
 def highdicom_knows(ds: Dataset) -> bool:
