@@ -10,6 +10,14 @@ import numpy as np
 import pytest
 import torch
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    RTImageStorage,
+    SecondaryCaptureImageStorage,
+)
 from torch import Tensor
 
 from pacs_node.attrs import InstanceAttrs
@@ -27,6 +35,7 @@ from umsrep_core.pipelines.cxr import CHEST_BODY_PART, FRONTAL_VIEW
 
 def header(instance: InstanceAttrs) -> Dataset:
     ds = Dataset()
+    ds.SOPClassUID = ComputedRadiographyImageStorage
     ds.Modality = instance.modality
     if instance.body_part:
         ds.BodyPartExamined = instance.body_part
@@ -53,6 +62,21 @@ def test_the_pipeline_refuses_what_the_default_rules_store(instance: InstanceAtt
     assert why is not None
     assert why.startswith(("not a chest (BodyPartExamined", "not a frontal view (ViewPosition",
                            "modality CT is not CR/DX"))
+
+
+@pytest.mark.parametrize("sop_class", [CTImageStorage, RTImageStorage,
+                                       DigitalMammographyXRayImageStorageForPresentation])
+def test_an_image_of_another_kind_labelled_a_chest_cr_is_refused(sop_class: str) -> None:
+    ds = header(FRONTAL_CHESTS[0])
+    ds.SOPClassUID = sop_class
+    assert pipeline("cxr").not_applicable(ds) == (
+        f"not a radiograph: SOP class {UID(sop_class).name}")
+
+
+def test_a_digitised_film_is_taken() -> None:
+    ds = header(FRONTAL_CHESTS[0])
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    assert pipeline("cxr").not_applicable(ds) is None
 
 
 class _Drawn(UMSRep):

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydicom import uid
 from pydicom.dataset import Dataset
 
 from umsrep_core.imaging.morphology import one_solid_piece
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
     from umsrep_core.training.data import Arrays, HeldOut
 
 CHEST_MODALITIES = ("CR", "DX")
+# The SOP classes a chest radiograph comes as: CR, DX, or a Secondary Capture (a digitised
+# film). A CT slice or a portal image labelled CR is no radiograph the model knows.
+RADIOGRAPH_CLASSES = frozenset({
+    uid.ComputedRadiographyImageStorage, uid.DigitalXRayImageStorageForPresentation,
+    uid.DigitalXRayImageStorageForProcessing, uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage})
 # The default chest-xray rule (pacs_node/defaults.yaml) routes by the same patterns: searched in
 # BodyPartExamined and ViewPosition, empty where absent.
 CHEST_BODY_PART = re.compile(r"(?i)^$|chest|thorax|t[oó]rax|torace|lung")
@@ -94,6 +103,9 @@ class ChestXray(Pipeline):
         modality = str(ds.get("Modality", ""))
         if modality not in CHEST_MODALITIES:
             return f"modality {modality or 'missing'} is not CR/DX"
+        sop_class = uid.UID(str(ds.get("SOPClassUID", "")))
+        if sop_class not in RADIOGRAPH_CLASSES:
+            return f"not a radiograph: SOP class {sop_class.name or 'missing'}"
         body_part = str(ds.get("BodyPartExamined", "") or "").strip()
         if not CHEST_BODY_PART.search(body_part):
             return f"not a chest (BodyPartExamined {body_part})"
