@@ -41,6 +41,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
     if not DCIODVFY.exists():
         pytest.skip("dicom3tools' dciodvfy is not installed")
     result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True,
+                            errors="replace",  # it prints names in their own repertoire
                             timeout=60, check=False)
     return [line for line in (result.stdout + result.stderr).splitlines()
             if line.startswith("Error")]

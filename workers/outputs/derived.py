@@ -20,6 +20,7 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -31,10 +32,17 @@ from workers.outputs import (
     SERIES_NUMBER_FRAMES,
     description,
 )
-from workers.outputs.sources import needs_copy, with_type2
+from workers.outputs.sources import conformed, needs_copy, patient_orientation
 from workers.outputs.uids import output_uid, pin_times
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
+# The classes our pipelines take whose IOD has no frames: a frame reference to such an image
+# is invalid, though a non-conformant one may hold several (pydicom's SC_rgb_rle_2frame.dcm);
+# the copy's Derivation Description still names its frame.
+SINGLE_FRAME_CLASSES = frozenset({
+    uid.ComputedRadiographyImageStorage, uid.DigitalXRayImageStorageForPresentation,
+    uid.DigitalXRayImageStorageForProcessing, uid.SecondaryCaptureImageStorage,
+    uid.UltrasoundImageStorage, "1.2.840.10008.5.1.4.1.1.6"})  # the last: retired US
 
 
 def _code_item(code: Any) -> Dataset:
@@ -54,18 +62,11 @@ def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _orientation(source: Dataset) -> tuple[str, str] | None:
-    orientation = source.get("PatientOrientation")
-    if orientation and len(orientation) == 2:
-        return str(orientation[0]), str(orientation[1])
-    return None
-
-
 def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
                        series_uid: str, sop_uid: str, series_number: int,
                        frame_number: int | None = None) -> Dataset:
     """An SC of `pixels` in the source's study, referencing the source (and its frame)."""
-    source = with_type2(source)
+    source = conformed(source)
     spacing: Any = _pixel_spacing(source)  # highdicom annotates it tuple[int, int]: mm are floats
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -79,25 +80,30 @@ def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
         instance_number=frame_number or int(source.get("InstanceNumber", 1) or 1),
         manufacturer=MANUFACTURER,
         pixel_spacing=spacing,
-        # highdicom requires an orientation; a source without one (US) gets it emptied below.
-        patient_orientation=_orientation(source) or ("A", "F"),
+        # highdicom requires an orientation of one letter per direction: the source's is set
+        # below (two letters, such as FL, are valid DICOM), empty where it has none (US).
+        patient_orientation=("A", "F"),
         transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
     )
     pin_times(sc, source)
-    if _orientation(source) is None:
-        sc["PatientOrientation"].value = ""  # Type 2C: present, empty when unknown
+    sc.add_new("PatientOrientation", "CS", patient_orientation(source) or "")  # 2C: "" unknown
+    # Laterality (Type 2C) is needed for a paired part, and must not be there for another:
+    # a named part keeps the source's side, from its series or its image (a mammogram's);
+    # else none (a chest CR's empty Laterality is left out). A part not named may be a
+    # paired one: present, empty where unknown.
     if "BodyPartExamined" in source:  # also tells validators whether Laterality is needed
         sc.BodyPartExamined = source.BodyPartExamined
-    if "Laterality" in source:
-        sc.Laterality = source.Laterality
-    elif "BodyPartExamined" not in source:
-        sc.Laterality = ""  # Type 2C, unknown: a part not named may be a paired one
+        side = source.get("Laterality") or source.get("ImageLaterality")
+        if side in ("R", "L"):
+            sc.Laterality = side
+    else:
+        sc.Laterality = source.get("Laterality", "")
     sc.Modality = source.Modality  # the study's modality; highdicom's SC default is "OT"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if frame_number is not None:
+    if frame_number is not None and source.SOPClassUID not in SINGLE_FRAME_CLASSES:
         reference.ReferencedFrameNumber = frame_number
     reference.PurposeOfReferenceCodeSequence = [
         _code_item(codes.DCM.SourceImageForImageProcessingOperation)]

@@ -24,7 +24,7 @@ from workers.outputs import (
     SERIES_NUMBER_SEG,
     description,
 )
-from workers.outputs.sources import with_type2
+from workers.outputs.sources import conformed, patient_orientation
 from workers.outputs.uids import output_uid, pin_times
 
 
@@ -74,7 +74,7 @@ def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
     UID, the model version and "seg".
     """
     _check_masks(source, modality, masks)
-    source = with_type2(source)
+    source = conformed(source)
     numbers = _segment_numbers(modality, masks)
     segments = pipeline(modality).segments
     algorithm = algorithm_identification(model_name, model_version)
@@ -110,14 +110,15 @@ def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
         omit_empty_frames=False,
     )
     pin_times(seg, source)
-    if "FrameOfReferenceUID" not in seg:
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:  # a projection image, even with a frame of
+        # reference (an SC that has one): no patient coordinates.
         # General Image: with no patient coordinates, Patient Orientation (2C) is required;
         # the mask lies on the source grid, so the source's orientation holds (empty if none).
-        seg.PatientOrientation = source.get("PatientOrientation", "")
+        seg.add_new("PatientOrientation", "CS", patient_orientation(source) or "")
         # highdicom copies a projection image's spacing without a slice thickness and then
         # cannot read its own SEG back (0.28). The macro is optional here and the spacing
         # stays in the source the SEG references.
-        shared = seg.SharedFunctionalGroupsSequence[0]
         if "PixelMeasuresSequence" in shared:
             del shared.PixelMeasuresSequence
     # highdicom draws the dimension organization UID at random: pin it too.

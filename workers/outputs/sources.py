@@ -6,19 +6,23 @@ Real images are not always conformant; our outputs must be. Here:
 - `needs_copy`: whether outputs are built on Secondary Capture copies of the image's frames
   (`derived.build_frame_image`: a multi-frame image, a retired or private SOP class, an
   RT image without NumberOfFrames);
-- `with_type2`: the image with the Type 2 patient and study attributes that highdicom copies
-  into every output present, and empty where the modality left them out or sent a value its
-  VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a value
-  must neither fail a job nor reach an error message;
+- `conformed`: the image as highdicom reads it to build every output: the Type 2 patient and
+  study attributes it copies present, and empty where the modality left them out or sent a
+  value its VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a
+  value must neither fail a job nor reach an error message; and a Specific Character Set in
+  a form highdicom takes;
+- `patient_orientation`: the image's valid Patient Orientation, if any;
 - `conforms`: whether a value is valid for its VR.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 
 from pydicom import config
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
     RTImageStorage,
@@ -37,6 +41,14 @@ REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "S
 # NumberOfFrames out, which highdicom (0.28) reads wherever the IOD has it (AttributeError).
 FRAMES_1C = frozenset({RTImageStorage, XRayAngiographicImageStorage,
                        XRayRadiofluoroscopicImageStorage})
+# The Specific Character Sets highdicom (0.28, valuerep._check_specific_character_set) takes:
+# one plain term, or code extensions whose first is single-byte.
+PLAIN_CHARSETS = frozenset({"ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 126",
+                            "ISO_IR 127", "ISO_IR 13", "ISO_IR 138", "ISO_IR 144", "ISO_IR 148",
+                            "ISO_IR 166", "ISO_IR 192", "ISO_IR 203", "GB18030", "GBK"})
+SINGLE_BYTE_EXTENSIONS = frozenset(f"ISO 2022 IR {n}" for n in (
+    6, 100, 101, 109, 110, 126, 127, 13, 138, 144, 148, 166, 203))
+MULTI_BYTE_EXTENSIONS = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159"})
 # Patient (C.7.1.1) and General Study (C.7.2.1) Type 2 attributes: highdicom reads them
 # unconditionally (a Fuji CR of 1995 has no Patient ID), and our outputs carry them as well.
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -87,6 +99,16 @@ def highdicom_knows(ds: Dataset) -> bool:
     return not sop_class.is_private and not sop_class.is_retired and bool(sop_class.type)
 
 
+def patient_orientation(ds: Dataset) -> list[str] | None:
+    """The image's two directions (A, P, R, L, H, F, or several: `FL` down and to the left),
+    or None where it has no valid ones."""
+    orientation = ds.get("PatientOrientation")
+    if orientation and len(orientation) == 2 and all(
+            re.fullmatch("[APRLHF]+", str(d)) for d in orientation):
+        return [str(d) for d in orientation]
+    return None
+
+
 def conforms(vr: str, value: object) -> bool:
     """Whether `value` (one value, or several) is valid for `vr` (length, characters, form
     of a date or time). pydicom's message would quote the value: it is dropped."""
@@ -99,15 +121,41 @@ def conforms(vr: str, value: object) -> bool:
     return True
 
 
-def with_type2(source: Dataset) -> Dataset:
-    """`source`, or a copy of it whose `TYPE2_COPIED` attributes missing or not valid for
-    their VR are empty (a deep copy: a pydicom Dataset's shallow copy shares its elements
-    with the original)."""
+def conformed(source: Dataset) -> Dataset:
+    """`source`, or a copy of it (a deep copy: a pydicom Dataset's shallow copy shares its
+    elements with the original) whose `TYPE2_COPIED` attributes missing or not valid for
+    their VR are empty, and whose Specific Character Set is one highdicom takes
+    (`highdicom_charset`)."""
     emptied = [name for name in TYPE2_COPIED
                if name not in source or not conforms(source[name].VR, source[name].value)]
-    if not emptied:
+    charset = source.get("SpecificCharacterSet")
+    taken = highdicom_charset(charset)
+    if not emptied and taken == charset:
         return source
     complete = copy.deepcopy(source)
     for name in emptied:
         setattr(complete, name, "")
+    if taken is None and charset is not None:
+        del complete.SpecificCharacterSet
+    elif taken != charset:
+        complete.SpecificCharacterSet = taken
     return complete
+
+
+def highdicom_charset(value: str | MultiValue[str] | None) -> str | list[str] | None:
+    """A Specific Character Set as highdicom (0.28) takes it, for the names pydicom decoded
+    with `value`: highdicom refuses an empty value 1 of several, which PS3.3 C.12.1.1.2 reads
+    as ISO 2022 IR 6 (a Japanese CR's `\\ISO 2022 IR 87`), an empty value, a term it does not
+    know, and ISO 2022 terms used alone or plain ones mixed with them; those are written in
+    UTF-8, which holds any decoded name. None: the default repertoire (also ISO_IR 6, which
+    highdicom does not take)."""
+    terms = [str(v) for v in (value if isinstance(value, MultiValue | list) else [value or ""])]
+    if not any(terms) or terms == ["ISO_IR 6"]:
+        return None
+    if len(terms) == 1:
+        return terms[0] if terms[0] in PLAIN_CHARSETS else "ISO_IR 192"
+    terms[0] = terms[0] or "ISO 2022 IR 6"
+    if terms[0] in SINGLE_BYTE_EXTENSIONS and all(
+            t in SINGLE_BYTE_EXTENSIONS | MULTI_BYTE_EXTENSIONS for t in terms[1:]):
+        return terms
+    return "ISO_IR 192"

@@ -36,7 +36,7 @@ from workers.outputs import (
 )
 from workers.outputs.image_library import image_library
 from workers.outputs.seg import concept
-from workers.outputs.sources import with_type2
+from workers.outputs.sources import conformed
 from workers.outputs.uids import output_uid, pin_times
 
 CodedConcept = hd.sr.CodedConcept
@@ -136,7 +136,7 @@ def build_sr(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *, mode
     Instance UID, the model version and "sr".
     """
     procedure = concept(pipeline(modality).procedure)  # ValueError: no such pipeline
-    source = with_type2(source)
+    source = conformed(source)
     source_uids = [str(source.SOPInstanceUID)]
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
     n_segments = len(seg.SegmentSequence)
