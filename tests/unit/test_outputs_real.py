@@ -15,7 +15,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from pacs_node import samples
 from tests.conftest import SHARED_DATA, dciodvfy_errors, overlong_values, shared_data
@@ -339,3 +341,20 @@ def test_a_japanese_name_round_trips_through_the_seg() -> None:
     assert list(again.SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
     assert str(again.PatientName) == str(source.PatientName) and "=" in str(again.PatientName)
     assert list(source.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]  # left as received
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("number", [b"0", b"-3", b"1A"])
+def test_an_instance_number_highdicom_refuses_is_1_in_the_outputs(number: bytes,
+                                                                    tmp_path: Path) -> None:
+    """An Instance Number of 0 (some vendors count from it), a negative one, a malformed IS
+    (read as text): highdicom takes positive numbers only; the last two failed the job."""
+    source = chest_cr("imager")
+    source[0x00200013] = RawDataElement(Tag(0x00200013), "IS", len(number), number, 0, False,
+                                        True)
+    seg = build_seg(source, chest_masks(source), modality="cxr", **MODEL)
+    objects = {"seg": seg, "sr": build_sr(source, seg, CXR_FINDINGS, modality="cxr", **MODEL),
+               "denoised": build_denoised(source, np.full((source.Rows, source.Columns), 0.5),
+                                          **MODEL)}
+    assert {int(ds.InstanceNumber) for ds in objects.values()} == {1}
+    assert_valid(objects, tmp_path)

@@ -32,7 +32,7 @@ from workers.outputs import (
     SERIES_NUMBER_FRAMES,
     description,
 )
-from workers.outputs.sources import conformed, needs_copy, patient_orientation
+from workers.outputs.sources import conformed, instance_number, needs_copy, patient_orientation
 from workers.outputs.uids import output_uid, pin_times
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
@@ -77,7 +77,7 @@ def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
-        instance_number=frame_number or int(source.get("InstanceNumber", 1) or 1),
+        instance_number=frame_number or instance_number(source),
         manufacturer=MANUFACTURER,
         pixel_spacing=spacing,
         # highdicom requires an orientation of one letter per direction: the source's is set

@@ -24,7 +24,7 @@ from workers.outputs import (
     SERIES_NUMBER_SEG,
     description,
 )
-from workers.outputs.sources import conformed, patient_orientation
+from workers.outputs.sources import conformed, instance_number, patient_orientation
 from workers.outputs.uids import output_uid, pin_times
 
 
@@ -98,7 +98,7 @@ def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
         series_instance_uid=output_uid(source_uids, model_version, "seg-series"),
         series_number=SERIES_NUMBER_SEG,
         sop_instance_uid=output_uid(source_uids, model_version, "seg-instance"),
-        instance_number=int(source.get("InstanceNumber", 1) or 1),
+        instance_number=instance_number(source),
         manufacturer=MANUFACTURER,
         manufacturer_model_name=model_name[:64],
         software_versions=model_version,

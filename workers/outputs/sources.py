@@ -11,7 +11,7 @@ Real images are not always conformant; our outputs must be. Here:
   value its VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a
   value must neither fail a job nor reach an error message; and a Specific Character Set in
   a form highdicom takes;
-- `patient_orientation`: the image's valid Patient Orientation, if any;
+- `instance_number`, `patient_orientation`: the image's, as valid outputs repeat them;
 - `conforms`: whether a value is valid for its VR.
 """
 
@@ -97,6 +97,15 @@ def highdicom_knows(ds: Dataset) -> bool:
     """highdicom builds on images of the current standard's public SOP classes only."""
     sop_class = UID(str(ds.SOPClassUID))
     return not sop_class.is_private and not sop_class.is_retired and bool(sop_class.type)
+
+
+def instance_number(ds: Dataset) -> int:
+    """The image's Instance Number for its outputs, which highdicom takes positive only: 1
+    where it has none, 0 (some vendors count from it) or one that is no number (IS `1A`)."""
+    try:
+        return max(1, int(ds.get("InstanceNumber") or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def patient_orientation(ds: Dataset) -> list[str] | None:

@@ -36,7 +36,7 @@ from workers.outputs import (
 )
 from workers.outputs.image_library import image_library
 from workers.outputs.seg import concept
-from workers.outputs.sources import conformed
+from workers.outputs.sources import conformed, instance_number
 from workers.outputs.uids import output_uid, pin_times
 
 CodedConcept = hd.sr.CodedConcept
@@ -170,7 +170,7 @@ def build_sr(source: Dataset, seg: Dataset, findings: Mapping[str, Any], *, mode
         series_instance_uid=output_uid(source_uids, model_version, "sr-series"),
         series_number=SERIES_NUMBER_SR,
         sop_instance_uid=output_uid(source_uids, model_version, "sr-instance"),
-        instance_number=int(source.get("InstanceNumber", 1) or 1),
+        instance_number=instance_number(source),
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=description("SR", model_name),
