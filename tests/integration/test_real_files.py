@@ -32,7 +32,6 @@ from pacs_node.sender import send_files
 from pacs_node.spool import file_name
 from tests.conftest import (
     DCMSEND,
-    SHARED_DATA,
     ServedNode,
     dciodvfy_errors,
     node_config,
@@ -42,7 +41,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.integration.conftest import StoreScp, settled
-from tests.unit.test_outputs_real import PYDICOM_TEST_FILES
+from tests.unit.test_outputs_real import as_frontal_chest_cr, real_images
 
 pytestmark = pytest.mark.integration
 
@@ -300,21 +299,15 @@ def test_reported_cases_are_stored_and_processed_or_skipped_with_reasons(
         assert overlong_values(pydicom.dcmread(path)) == [], path.name
 
 
-def relabelled_chest_crs(sources: list[Path], out: Path) -> list[Path]:
-    """Every image of `sources` that a C-STORE can carry, relabelled a frontal chest CR in
-    a study of its own: what the chest pipeline would meet if a modality mislabelled it."""
+def relabelled_chest_crs(out: Path) -> list[Path]:
+    """`test_outputs_real.real_images` as frontal chest CR files, for a C-STORE to carry;
+    one pydicom cannot write back (no file meta to be had) is left out."""
     written = []
-    for n, path in enumerate(sources):
+    for n, (path, ds) in enumerate(real_images()):
         try:
-            ds = pydicom.dcmread(path, force=True)
-            if "PixelData" not in ds or not ds.get("SOPClassUID") \
-                    or not ds.get("SOPInstanceUID"):
-                continue
-            ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-            ds.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[path.name])
-            ds.save_as(out / f"{n}.dcm", enforce_file_format=True)
-        except Exception:  # pydicom cannot read or rewrite it (a dump, broken items): the
-            continue  # corpus test above sends such files as they are
+            as_frontal_chest_cr(ds, path).save_as(out / f"{n}.dcm", enforce_file_format=True)
+        except (TypeError, ValueError, NotImplementedError):  # an unknown VR, no file meta
+            continue
         written.append(out / f"{n}.dcm")
     return written
 
@@ -327,11 +320,7 @@ def test_every_real_image_sent_as_a_chest_cr_ends_processed_or_skipped_with_a_re
     chest bundle: each is stored or refused, and each study ends done or skipped with its
     reason, never failed (an RT image without NumberOfFrames failed its job, and so did pixel
     data no installed decoder reads); every output is dciodvfy-clean."""
-    sources = sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
-    if SHARED_DATA.joinpath("dicom-corpus").is_dir():
-        sources += sorted(p for p in SHARED_DATA.joinpath("dicom-corpus").rglob("*")
-                          if p.is_file())
-    files = relabelled_chest_crs(sources, tmp_path)
+    files = relabelled_chest_crs(tmp_path)
     raw = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 0.5, "rules": [
         {"name": "chest", "match": {"modality": ["CR"]},
          "process": {"pipeline": "cxr", "outputs": ["seg", "sr", "denoised"],
@@ -344,7 +333,7 @@ def test_every_real_image_sent_as_a_chest_cr_ends_processed_or_skipped_with_a_re
         found = wait_until(lambda: settled(node, stored), timeout=600, interval=0.5)
     finally:
         node.stop()
-    assert len(files) > 120 and stored > 100
+    assert len(files) > 80 and stored > 0.8 * len(files)
     states = {s.state for s in found}
     assert states <= {"done", "skipped"}, [(s.state, s.reason) for s in found
                                             if s.state not in ("done", "skipped")]
