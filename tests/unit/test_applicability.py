@@ -1,5 +1,6 @@
 """What the chest pipeline applies to: the header check agrees with the default routing, and
-the Predictor says which images the model does not know (masks that are no frontal chest)."""
+the Predictor says which images the model does not know (masks that are no frontal chest);
+which images the Doppler pipeline takes by their header."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from pydicom.uid import (
 )
 from torch import Tensor
 
+from pacs_node import samples
 from pacs_node.attrs import InstanceAttrs
 from pacs_node.yamlconf import load_config
 from tests.unit.test_inference import tiny_bundle
+from tests.unit.test_outputs_real import RETIRED_US
 from tests.unit.test_router import FRONTAL_CHESTS, NOT_FRONTAL_CHESTS, shown
 from umsrep_core.inference import Predictor
 from umsrep_core.measure import STRUCTURES
@@ -77,6 +80,22 @@ def test_a_digitised_film_is_taken() -> None:
     ds = header(FRONTAL_CHESTS[0])
     ds.SOPClassUID = SecondaryCaptureImageStorage
     assert pipeline("cxr").not_applicable(ds) is None
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"SOPClassUID": CTImageStorage}, "not an ultrasound image: SOP class CT Image Storage"),
+    ({"Modality": None}, "no Modality (Type 1): its outputs could not name one"),
+    ({"SOPClassUID": RETIRED_US}, None), ({"SOPClassUID": SecondaryCaptureImageStorage}, None),
+])
+def test_the_doppler_pipeline_takes_ultrasound_and_screen_captures(change: dict[str, Any],
+                                                                   why: str | None) -> None:
+    ds = samples.us_doppler_dataset(3)
+    for keyword, value in change.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    assert pipeline("echo_doppler").not_applicable(ds) == why
 
 
 class _Drawn(UMSRep):

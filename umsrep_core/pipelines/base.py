@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
 Code = tuple[str, str, str]
 Spacing = float | tuple[float, float] | None
 LOCAL_SCHEME = "99UMSREP"  # ours, where the standard has no concept
+
+# The classes a screen capture or a digitised film comes as; each pipeline takes these beside
+# its own modality's (`not_applicable`).
+SECONDARY_CAPTURES = frozenset({
+    uid.SecondaryCaptureImageStorage, uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage})
 
 
 def sct(value: str, meaning: str) -> Code:

@@ -23,6 +23,7 @@ from umsrep_core.pipelines.base import (
     ANATOMICAL_STRUCTURE,
     MM2,
     RATIO,
+    SECONDARY_CAPTURES,
     Calibration,
     Code,
     Measurement,
@@ -40,12 +41,9 @@ if TYPE_CHECKING:
 CHEST_MODALITIES = ("CR", "DX")
 # The SOP classes a chest radiograph comes as: CR, DX, or a Secondary Capture (a digitised
 # film). A CT slice or a portal image labelled CR is no radiograph the model knows.
-RADIOGRAPH_CLASSES = frozenset({
+RADIOGRAPH_CLASSES = SECONDARY_CAPTURES | {
     uid.ComputedRadiographyImageStorage, uid.DigitalXRayImageStorageForPresentation,
-    uid.DigitalXRayImageStorageForProcessing, uid.SecondaryCaptureImageStorage,
-    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    uid.MultiFrameTrueColorSecondaryCaptureImageStorage})
+    uid.DigitalXRayImageStorageForProcessing}
 # The default chest-xray rule (pacs_node/defaults.yaml) routes by the same patterns: searched in
 # BodyPartExamined and ViewPosition, empty where absent.
 CHEST_BODY_PART = re.compile(r"(?i)^$|chest|thorax|t[oó]rax|torace|lung")

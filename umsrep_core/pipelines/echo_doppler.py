@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -18,6 +19,7 @@ from umsrep_core.pipelines.base import (
     CM,
     CM_PER_S,
     RATIO,
+    SECONDARY_CAPTURES,
     Calibration,
     Code,
     Measurement,
@@ -33,6 +35,11 @@ if TYPE_CHECKING:
     from umsrep_core.training.data import Arrays, HeldOut
 
 MEASURED = ("peak_velocity_cm_s", "e_cm_s", "a_cm_s", "e_a_ratio", "vti_cm")
+# The SOP classes a spectral Doppler strip comes as: ultrasound (the retired classes, which
+# PACS still store, included) or a screen capture.
+ULTRASOUND_CLASSES = SECONDARY_CAPTURES | {
+    uid.UltrasoundImageStorage, uid.UltrasoundMultiFrameImageStorage,
+    "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3"}  # retired US, US multi-frame
 
 
 class EchoDoppler(Pipeline):
@@ -70,6 +77,11 @@ class EchoDoppler(Pipeline):
     validation_phantoms = 64  # Doppler types separate fully (AUC 1.0)
 
     def not_applicable(self, ds: Dataset) -> str | None:
+        sop_class = uid.UID(str(ds.get("SOPClassUID", "")))
+        if sop_class not in ULTRASOUND_CLASSES:
+            return f"not an ultrasound image: SOP class {sop_class.name or 'missing'}"
+        if not ds.get("Modality"):
+            return "no Modality (Type 1): its outputs could not name one"
         return None if has_spectral_doppler(ds) else "no spectral Doppler region"
 
     def calibrate(self, ds: Dataset) -> Calibration:
