@@ -152,7 +152,7 @@ def process_study(journal: JobJournal, config: Config, study_key: str, route: st
             sources, why = [], str(exc)
         seconds["preprocess"] += time.perf_counter() - t_read
         if why is not None:
-            skipped.append(f"{instance.sop_instance_uid}: {why}")
+            skip(ds, ds, why)
         for source in sources:
             batch.append((source, ds))
             if len(batch) == model.batch_size:

@@ -23,11 +23,20 @@ Spacing = float | tuple[float, float] | None
 LOCAL_SCHEME = "99UMSREP"  # ours, where the standard has no concept
 
 # The classes a screen capture or a digitised film comes as; each pipeline takes these beside
-# its own modality's (`not_applicable`).
+# its own modality's (`not_applicable`, `other_class`).
 SECONDARY_CAPTURES = frozenset({
     uid.SecondaryCaptureImageStorage, uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     uid.MultiFrameTrueColorSecondaryCaptureImageStorage})
+# Retired ultrasound classes, which PACS still store (pydicom names no constant for them).
+RETIRED_US_IMAGE = uid.UID("1.2.840.10008.5.1.4.1.1.6")
+RETIRED_US_MULTIFRAME = uid.UID("1.2.840.10008.5.1.4.1.1.3")
+
+
+def other_class(ds: Dataset, classes: frozenset[str], kind: str) -> str | None:
+    """Why `ds` is not `kind` by its SOP class (not one of `classes`), or None."""
+    sop_class = uid.UID(str(ds.get("SOPClassUID", "")))
+    return None if sop_class in classes else f"not {kind}: SOP class {sop_class.name or 'missing'}"
 
 
 def sct(value: str, meaning: str) -> Code:

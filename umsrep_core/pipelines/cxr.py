@@ -31,6 +31,7 @@ from umsrep_core.pipelines.base import (
     Pipeline,
     Segment,
     local,
+    other_class,
     phantom_dataset,
     sct,
 )
@@ -101,9 +102,9 @@ class ChestXray(Pipeline):
         modality = str(ds.get("Modality", ""))
         if modality not in CHEST_MODALITIES:
             return f"modality {modality or 'missing'} is not CR/DX"
-        sop_class = uid.UID(str(ds.get("SOPClassUID", "")))
-        if sop_class not in RADIOGRAPH_CLASSES:
-            return f"not a radiograph: SOP class {sop_class.name or 'missing'}"
+        refused = other_class(ds, RADIOGRAPH_CLASSES, "a radiograph")
+        if refused:
+            return refused
         body_part = str(ds.get("BodyPartExamined", "") or "").strip()
         if not CHEST_BODY_PART.search(body_part):
             return f"not a chest (BodyPartExamined {body_part})"

@@ -19,6 +19,8 @@ from umsrep_core.pipelines.base import (
     CM,
     CM_PER_S,
     RATIO,
+    RETIRED_US_IMAGE,
+    RETIRED_US_MULTIFRAME,
     SECONDARY_CAPTURES,
     Calibration,
     Code,
@@ -27,6 +29,7 @@ from umsrep_core.pipelines.base import (
     Pipeline,
     Segment,
     local,
+    other_class,
     phantom_dataset,
     sct,
 )
@@ -35,11 +38,11 @@ if TYPE_CHECKING:
     from umsrep_core.training.data import Arrays, HeldOut
 
 MEASURED = ("peak_velocity_cm_s", "e_cm_s", "a_cm_s", "e_a_ratio", "vti_cm")
-# The SOP classes a spectral Doppler strip comes as: ultrasound (the retired classes, which
-# PACS still store, included) or a screen capture.
+# The SOP classes a spectral Doppler strip comes as: ultrasound (the retired classes
+# included) or a screen capture.
 ULTRASOUND_CLASSES = SECONDARY_CAPTURES | {
-    uid.UltrasoundImageStorage, uid.UltrasoundMultiFrameImageStorage,
-    "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3"}  # retired US, US multi-frame
+    uid.UltrasoundImageStorage, uid.UltrasoundMultiFrameImageStorage, RETIRED_US_IMAGE,
+    RETIRED_US_MULTIFRAME}
 
 
 class EchoDoppler(Pipeline):
@@ -77,9 +80,9 @@ class EchoDoppler(Pipeline):
     validation_phantoms = 64  # Doppler types separate fully (AUC 1.0)
 
     def not_applicable(self, ds: Dataset) -> str | None:
-        sop_class = uid.UID(str(ds.get("SOPClassUID", "")))
-        if sop_class not in ULTRASOUND_CLASSES:
-            return f"not an ultrasound image: SOP class {sop_class.name or 'missing'}"
+        refused = other_class(ds, ULTRASOUND_CLASSES, "an ultrasound image")
+        if refused:
+            return refused
         if not ds.get("Modality"):
             return "no Modality (Type 1): its outputs could not name one"
         return None if has_spectral_doppler(ds) else "no spectral Doppler region"

@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from umsrep_core.imaging.pixels import stored_pixels
+from umsrep_core.pipelines.base import RETIRED_US_IMAGE
 from workers.outputs import (
     MANUFACTURER,
     NOT_FOR_CLINICAL_USE,
@@ -42,7 +43,7 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
 SINGLE_FRAME_CLASSES = frozenset({
     uid.ComputedRadiographyImageStorage, uid.DigitalXRayImageStorageForPresentation,
     uid.DigitalXRayImageStorageForProcessing, uid.SecondaryCaptureImageStorage,
-    uid.UltrasoundImageStorage, "1.2.840.10008.5.1.4.1.1.6"})  # the last: retired US
+    uid.UltrasoundImageStorage, RETIRED_US_IMAGE})
 
 
 def _code_item(code: Any) -> Dataset:
