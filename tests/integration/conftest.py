@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pydicom
 import pytest
+import yaml
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -26,6 +27,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs_node import samples
+from pacs_node.config import Config
+from pacs_node.node import Node
 from tests.conftest import free_port, wait_for_port, wait_until
 
 STORESCP = "/usr/bin/storescp"  # dcmtk's, not pynetdicom's script of the same name
@@ -207,6 +210,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SETTLED = ("done", "failed", "skipped", "ignored")
+
+
+def in_process_node(raw: dict[str, Any], handler: Any = None) -> Node:
+    """An in-process node (not started) of the configuration `raw` as its YAML file would
+    give it: paths as strings, as an admin writes them."""
+    return Node(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))), handler=handler)
 
 
 def settled(node: Any, count: int) -> list[Any]:

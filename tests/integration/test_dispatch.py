@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 
 from pacs_node import cli
 from pacs_node.config import Config, Process
@@ -24,6 +23,7 @@ from pacs_node.journal import Journal
 from pacs_node.node import Node
 from tests.conftest import ECHOSCU, node_config, storescu, wait_until
 from tests.integration import test_celery
+from tests.integration.conftest import in_process_node
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,7 @@ def echo_ok(port: int) -> bool:
 
 def make_node(tmp_path: Path, handler: Any = None, **sections: Any) -> Node:
     raw = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 0.5}, **sections)
-    config = Config.model_validate(yaml.safe_load(yaml.safe_dump(raw)))
-    return Node(config, handler=handler)
+    return in_process_node(raw, handler)
 
 
 @pytest.fixture

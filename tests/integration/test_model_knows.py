@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacs_node import samples
-from pacs_node.config import Config
 from pacs_node.node import Node
 from tests.conftest import dciodvfy_errors, node_config, shared_data, storescu, wait_until
-from tests.integration.conftest import settled
+from tests.integration.conftest import in_process_node, settled
 from workers.demo import leg_pixels
 
 pytestmark = pytest.mark.integration
@@ -29,7 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     raw = node_config(tmp_path / "data", 0, routing={"quiet_seconds": 0.5})  # packaged rules
-    running = Node(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))))
+    running = in_process_node(raw)
     running.start()
     yield running
     running.stop()

@@ -9,16 +9,14 @@ from typing import Any
 
 import pydicom
 import pytest
-import yaml
 from pydicom.data import get_testdata_file
 
 from pacs_node import cli, samples
-from pacs_node.config import Config
 from pacs_node.dispatch import installed_handler
 from pacs_node.node import Node
 from pacs_node.sender import send_files
 from tests.conftest import node_config, storescu, wait_until
-from tests.integration.conftest import settled
+from tests.integration.conftest import in_process_node, settled
 from tests.unit.test_errors_transient import undecodable_cr
 from tests.unit.test_inference import tiny_bundle
 
@@ -38,7 +36,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
          "process": {"pipeline": "echo_doppler", "bundle": str(echo),
                      "destinations": ["results"]}},
     ]})
-    running = Node(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))))
+    running = in_process_node(raw)
     running.start()
     yield running
     running.stop()

@@ -19,15 +19,12 @@ from typing import Any
 
 import pydicom
 import pytest
-import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 from pacs_node import samples
-from pacs_node.config import Config
-from pacs_node.node import Node
 from pacs_node.sender import send_files
 from pacs_node.spool import file_name
 from tests.conftest import (
@@ -40,7 +37,7 @@ from tests.conftest import (
     storescu,
     wait_until,
 )
-from tests.integration.conftest import StoreScp, settled
+from tests.integration.conftest import StoreScp, in_process_node, settled
 from tests.unit.test_outputs_real import as_frontal_chest_cr, real_images
 
 pytestmark = pytest.mark.integration
@@ -325,7 +322,7 @@ def test_every_real_image_sent_as_a_chest_cr_ends_processed_or_skipped_with_a_re
         {"name": "chest", "match": {"modality": ["CR"]},
          "process": {"pipeline": "cxr", "outputs": ["seg", "sr", "denoised"],
                      "destinations": ["results"]}}]})
-    node = Node(Config.model_validate(yaml.safe_load(yaml.safe_dump(raw))))
+    node = in_process_node(raw)
     node.start()
     try:
         stored = sum(result.ok for path in files for result in
