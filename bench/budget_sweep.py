@@ -105,6 +105,7 @@ def main() -> int:
 
     model = {key: value for key in ("width", "unshuffle")
              if (value := getattr(args, key)) is not None}
+    # the arms' steps are each budget's (sweep); the grid's are the pretraining's
     runs = grid(args.modality, args.out, steps=args.pretrain_steps,
                 pretrain_steps=args.pretrain_steps, batch=16, image_size=args.size,
                 seed=args.seed, data=tuple(args.data), model=model)
