@@ -30,6 +30,7 @@ from workers.outputs.sources import (
     conformed,
     highdicom_charset,
     highdicom_knows,
+    lossy_marking,
     needs_copy,
     unusable,
 )
@@ -38,6 +39,7 @@ from workers.outputs.uids import source_date_time
 
 MODEL = {"model_name": "umsrep-test", "model_version": "0.1.0"}
 RETIRED_US = "1.2.840.10008.5.1.4.1.1.6"  # Ultrasound Image Storage (Retired)
+JPEG_LOSSY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}  # JPEG baseline, extended
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 # Findings as a model gives them: floats with more digits than a DS holds.
 CXR_FINDINGS: dict[str, Any] = {
@@ -252,8 +254,13 @@ def test_every_frame_copy_is_built_or_its_image_says_why_first() -> None:
         if why is not None:
             refused[path.name] = why
         elif needs_copy(ds):
-            assert len(frames_of(ds)) == int(ds.get("NumberOfFrames", 1) or 1), path.name
+            frames = frames_of(ds)
+            assert len(frames) == int(ds.get("NumberOfFrames", 1) or 1), path.name
             copied.append(path.name)
+            if path.name == "examples_ybr_color.dcm":  # JPEG baseline: the copies say so
+                assert {(f.LossyImageCompression, str(f.LossyImageCompressionRatio),
+                         f.LossyImageCompressionMethod) for f in frames} == {
+                    ("01", "19", "ISO_10918_1")}
     assert refused["rtdose.dcm"] == (
         "its frames are 32-bit grey, which no Secondary Capture copy to build outputs on can "
         "hold (8 or 16-bit unsigned grey, 8-bit colour)")
@@ -268,9 +275,11 @@ def test_every_real_image_the_chest_pipeline_takes_gets_valid_outputs(tmp_path: 
     `unusable` passes: SEG, SR and the denoised image (on its frame copy where one is
     needed) are built and dciodvfy-clean. They failed on an empty value 1 of the Specific
     Character Set (Japanese); dciodvfy found an empty Laterality kept on a chest, an SC with
-    a frame of reference but no plane geometry, and a frame reference to a non-conformant SC
-    of two frames."""
-    built, refused = [], 0
+    a frame of reference but no plane geometry, a frame reference to a non-conformant SC
+    of two frames, and a SEG repeating a lossy JPEG's empty compression ratio. Every image
+    output of a lossy compressed image says so (its frame copies and their SEG said nothing,
+    or 00)."""
+    built, refused, lossy_built = [], 0, []
     for path, ds in real_images():
         source = as_frontal_chest_cr(ds, path)
         if pipeline("cxr").not_applicable(source) or unusable(source):
@@ -286,23 +295,44 @@ def test_every_real_image_the_chest_pipeline_takes_gets_valid_outputs(tmp_path: 
                                               **MODEL)}
         if frame is not source:
             objects["frame"] = frame
+        lossy = (source.get("LossyImageCompression") == "01"
+                 or source.file_meta.get("TransferSyntaxUID") in JPEG_LOSSY)
         for kind, output in objects.items():
             written = tmp_path / f"{len(built)}-{kind}.dcm"
             output.save_as(written, enforce_file_format=True)
-            errors = dciodvfy_errors(written)
-            if path.name == "JPEGwithIcon.dcm" and kind == "seg":  # the source's own defect:
-                # lossy (01) with an empty ratio, which the SEG must repeat
-                assert errors == ["Error - Empty attribute (no value) Type 1C Conditional "
-                                  "Element=<LossyImageCompressionRatio> "
-                                  "Module=<SegmentationImage>"]
-            else:
-                assert errors == [], (path.name, kind)
+            assert dciodvfy_errors(written) == [], (path.name, kind)
             assert overlong_values(pydicom.dcmread(written)) == [], (path.name, kind)
+            if kind != "sr":
+                assert (output.get("LossyImageCompression") == "01") == lossy, (path.name, kind)
         built.append(path.name)
+        if lossy:
+            lossy_built.append(path.name)
     assert len(built) > 20 and refused > 20
     assert "JPEG2000.dcm" in built  # an SC with a frame of reference
+    assert {"JPEG-lossy.dcm", "SC_rgb_jpeg_app14_dcmd.dcm"} <= set(lossy_built)  # no ratio
     if SHARED_DATA.joinpath("dicom-corpus").is_dir():
         assert "chrH31.dcm" in built  # Specific Character Set \\ISO 2022 IR 87
+        assert "JPEGwithIcon.dcm" in lossy_built
+
+
+def test_a_lossy_compression_is_stated_in_full() -> None:
+    """Lossy Image Compression Ratio and Method (Type 1C in a SEG) where the image leaves
+    them out or empty: the ratio of the pixels to the JPEG stream held, the method its syntax
+    names; an image's own values are kept, and a lossless one has no marking."""
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm")
+    assert lossy_marking(ds) == {"LossyImageCompression": "01",
+                                 "LossyImageCompressionRatio": "17.401",  # dcmtk's own
+                                 "LossyImageCompressionMethod": "ISO_10918_1"}
+    # 100 x 100 RGB (30000 bytes) in a stream of 1724 (its offset table: 4 bytes, not counted)
+    del ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod
+    assert lossy_marking(ds) == {"LossyImageCompression": "01",
+                                 "LossyImageCompressionRatio": "17.4",
+                                 "LossyImageCompressionMethod": "ISO_10918_1"}
+    del ds.LossyImageCompression  # a JPEG baseline stream is lossy whatever the image says
+    assert lossy_marking(ds)["LossyImageCompression"] == "01"
+    assert lossy_marking(pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")) == {}
+    assert conformed(ds).LossyImageCompressionRatio == "17.4"
+    assert "LossyImageCompression" not in ds  # the source itself is left as received
 
 
 @pytest.mark.integration

@@ -11,7 +11,9 @@
 Secondary Capture rather than the source's SOP class: highdicom builds SC and validates it,
 while a CR/DX/US copy with new pixels would carry acquisition attributes (exposure, LUTs,
 ultrasound regions, presentation intent) that no longer describe the pixels, or frame
-attributes that no longer apply. The study, pixel spacing and patient orientation are kept.
+attributes that no longer apply. The study, pixel spacing and patient orientation are kept,
+and so is a lossy compression of the source (`sources.lossy_marking`): it lives on in pixels
+derived from it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from workers.outputs import (
     SERIES_NUMBER_FRAMES,
     description,
 )
-from workers.outputs.sources import conformed, instance_number, needs_copy, patient_orientation
+from workers.outputs.sources import (
+    conformed,
+    instance_number,
+    lossy_marking,
+    needs_copy,
+    patient_orientation,
+)
 from workers.outputs.uids import output_uid, pin_times
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # as SEG and SR
@@ -101,6 +109,8 @@ def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
         sc.Laterality = source.get("Laterality", "")
     sc.Modality = source.Modality  # the study's modality; highdicom's SC default is "OT"
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    for keyword, value in lossy_marking(source).items():  # its pixels' compression history
+        setattr(sc, keyword, value)
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

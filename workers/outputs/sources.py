@@ -9,8 +9,8 @@ Real images are not always conformant; our outputs must be. Here:
 - `conformed`: the image as highdicom reads it to build every output: the Type 2 patient and
   study attributes it copies present, and empty where the modality left them out or sent a
   value its VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a
-  value must neither fail a job nor reach an error message; and a Specific Character Set in
-  a form highdicom takes;
+  value must neither fail a job nor reach an error message; a Specific Character Set in
+  a form highdicom takes; and its lossy compression stated in full (`lossy_marking`);
 - `instance_number`, `patient_orientation`: the image's, as valid outputs repeat them;
 - `conforms`: whether a value is valid for its VR.
 """
@@ -22,9 +22,16 @@ import re
 
 from pydicom import config
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.multival import MultiValue
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    JPEG2000MC,
     UID,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
     RTImageStorage,
     XRayAngiographicImageStorage,
     XRayRadiofluoroscopicImageStorage,
@@ -53,6 +60,15 @@ MULTI_BYTE_EXTENSIONS = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159"})
 # unconditionally (a Fuji CR of 1995 has no Patient ID), and our outputs carry them as well.
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+# PS3.3 C.7.6.1.1.5: an image once lossy compressed stays "01" whatever syntax it travels in
+# now, and so do images derived from its pixels (highdicom's SEG repeats its source's
+# marking, our Secondary Captures too), with the ratio and method, Type 1C in a SEG. JPEG
+# baseline and extended are lossy whatever an image says; the method of each syntax that
+# may be lossy (PS3.3 C.7.6.1.1.5.1):
+ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
+LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
+                 JPEGLSNearLossless: "ISO_14495_1", JPEG2000: "ISO_15444_1",
+                 JPEG2000MC: "ISO_15444_2", HTJ2K: "ISO_15444_15"}
 
 
 def unusable(ds: Dataset) -> str | None:
@@ -130,20 +146,59 @@ def conforms(vr: str, value: object) -> bool:
     return True
 
 
+def lossy_marking(ds: Dataset) -> dict[str, object]:
+    """The Lossy Image Compression attributes of `ds` and of the images derived from it:
+    none where it was never lossy compressed; else "01", with its own ratio and method, or
+    where it left them out or empty (a JPEG image of fo-dicom's corpus: ratio empty) and holds
+    the lossy stream itself, the ratio of the pixels' size to that stream's and the method
+    its syntax names."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
+    if ds.get("LossyImageCompression") != "01" and syntax not in ALWAYS_LOSSY:
+        return {}
+    marking: dict[str, object] = {"LossyImageCompression": "01"}
+    ratio = ds.get("LossyImageCompressionRatio") or _stream_ratio(ds, syntax)
+    method = ds.get("LossyImageCompressionMethod") or LOSSY_METHODS.get(syntax)
+    if ratio:
+        marking["LossyImageCompressionRatio"] = ratio
+    if method:
+        marking["LossyImageCompressionMethod"] = method
+    return marking
+
+
+def _stream_ratio(ds: Dataset, syntax: UID) -> str | None:
+    """The pixels' size over their encapsulated stream's, or None where the pixel data is no
+    stream of a lossy syntax, or one that cannot be measured."""
+    if syntax not in LOSSY_METHODS or not ds.get("PixelData"):
+        return None
+    try:
+        fragments = list(generate_fragments(ds.PixelData))[1:]  # the first: the offset table
+        pixels = (int(ds.get("NumberOfFrames", 1) or 1) * int(ds.Rows) * int(ds.Columns)
+                  * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    stream = sum(map(len, fragments))
+    return f"{pixels / stream:.4g}" if stream and pixels else None
+
+
 def conformed(source: Dataset) -> Dataset:
     """`source`, or a copy of it (a deep copy: a pydicom Dataset's shallow copy shares its
     elements with the original) whose `TYPE2_COPIED` attributes missing or not valid for
-    their VR are empty, and whose Specific Character Set is one highdicom takes
-    (`highdicom_charset`)."""
+    their VR are empty, whose Specific Character Set is one highdicom takes
+    (`highdicom_charset`), and whose lossy compression is stated in full (`lossy_marking`)."""
     emptied = [name for name in TYPE2_COPIED
                if name not in source or not conforms(source[name].VR, source[name].value)]
     charset = source.get("SpecificCharacterSet")
     taken = highdicom_charset(charset)
-    if not emptied and taken == charset:
+    stated = {keyword: value for keyword, value in lossy_marking(source).items()
+              if source.get(keyword) != value}
+    if not emptied and taken == charset and not stated:
         return source
     complete = copy.deepcopy(source)
     for name in emptied:
         setattr(complete, name, "")
+    for keyword, value in stated.items():
+        setattr(complete, keyword, value)
     if taken is None and charset is not None:
         del complete.SpecificCharacterSet
     elif taken != charset:
