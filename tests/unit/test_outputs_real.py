@@ -24,7 +24,7 @@ from tests.conftest import SHARED_DATA, dciodvfy_errors, overlong_values, shared
 from umsrep_core.errors import InferenceError
 from umsrep_core.pipelines import pipeline
 from workers.outputs.derived import build_denoised, frames_of
-from workers.outputs.image_library import image_library
+from workers.outputs.image_library import ProjectionDescriptors, image_library
 from workers.outputs.seg import build_seg
 from workers.outputs.sources import (
     conformed,
@@ -164,6 +164,35 @@ def test_the_image_library_is_highdicoms_where_highdicom_copes() -> None:
     cr = samples.cr_dataset(1, rows=64, columns=64)
     [theirs] = hd.sr.templates.ImageLibrary([cr])
     assert image_library(cr) == theirs
+    ct = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")  # plane geometry, thickness
+
+    def rows(items: Any) -> list[tuple[str, str]]:
+        return [(str(item.ConceptNameCodeSequence[0].CodeMeaning),
+                 str(item.MeasuredValueSequence[0].NumericValue if item.ValueType == "NUM"
+                     else item.get("TextValue", item.get("UID", ""))))
+                for item in items]
+
+    assert rows(ProjectionDescriptors(ct)) == rows(hd.sr.ImageLibraryEntryDescriptors(ct))
+    assert len(rows(ProjectionDescriptors(ct))) > 10  # its TID 1604 rows
+
+
+@pytest.mark.integration
+def test_a_ct_secondary_capture_without_plane_geometry_gets_its_report(tmp_path: Path
+                                                                       ) -> None:
+    """A real Secondary Capture of Modality CT (no pixel spacing, position or orientation),
+    with a Doppler strip's region: highdicom's CT descriptors (TID 1604) failed the SR with
+    an AttributeError."""
+    source = corpus_file("CT-MONO2-16-ankle")
+    assert source.Modality == "CT" and "PixelSpacing" not in source
+    source.SequenceOfUltrasoundRegions = [samples._spectral_region(
+        samples.default_spectral_region(int(source.Rows), int(source.Columns)))]
+    assert pipeline("echo_doppler").not_applicable(source) is None
+    envelope = np.zeros((int(source.Rows), int(source.Columns)), dtype=bool)
+    envelope[300:320, 10:500] = True
+    seg = build_seg(source, {"envelope": envelope}, modality="echo_doppler", **MODEL)
+    sr = build_sr(source, seg, ECHO_FINDINGS, modality="echo_doppler", **MODEL)
+    assert_valid({"seg": seg, "sr": sr}, tmp_path)
+    assert "Horizontal Pixel Spacing" not in library_descriptors(sr)
 
 
 @pytest.mark.integration
@@ -269,28 +298,56 @@ def test_every_frame_copy_is_built_or_its_image_says_why_first() -> None:
     assert {"SC_rgb_rle_2frame.dcm", "examples_ybr_color.dcm"} <= set(copied)
 
 
+def with_doppler_strip(ds: Dataset, path: Path) -> Dataset:
+    """`ds` with a spectral Doppler region over its lower half, in a study of its own: what
+    the Doppler pipeline meets in a Secondary Capture or ultrasound image of any modality."""
+    ds.SequenceOfUltrasoundRegions = [samples._spectral_region(
+        samples.default_spectral_region(int(ds.Rows), int(ds.Columns)))]
+    ds.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[path.name])
+    return ds
+
+
+def envelope_mask(source: Dataset) -> dict[str, np.ndarray]:
+    rows, columns = int(source.Rows), int(source.Columns)
+    envelope = np.zeros((rows, columns), dtype=bool)
+    envelope[rows // 2:rows // 2 + rows // 8, columns // 16:-columns // 16] = True
+    return {"envelope": envelope}
+
+
+SWEEPS: dict[str, Any] = {  # pipeline -> relabelling, masks, findings
+    "cxr": (as_frontal_chest_cr, chest_masks, CXR_FINDINGS),
+    "echo_doppler": (with_doppler_strip, envelope_mask, ECHO_FINDINGS),
+}
+
+
 @pytest.mark.integration
-def test_every_real_image_the_chest_pipeline_takes_gets_valid_outputs(tmp_path: Path) -> None:
-    """Each real image, relabelled a frontal chest CR, that the chest pipeline takes and
-    `unusable` passes: SEG, SR and the denoised image (on its frame copy where one is
-    needed) are built and dciodvfy-clean. They failed on an empty value 1 of the Specific
-    Character Set (Japanese); dciodvfy found an empty Laterality kept on a chest, an SC with
-    a frame of reference but no plane geometry, a frame reference to a non-conformant SC
-    of two frames, and a SEG repeating a lossy JPEG's empty compression ratio. Every image
-    output of a lossy compressed image says so (its frame copies and their SEG said nothing,
-    or 00)."""
+@pytest.mark.parametrize("modality", list(SWEEPS))
+def test_every_real_image_a_pipeline_takes_gets_valid_outputs(modality: str,
+                                                             tmp_path: Path) -> None:
+    """Each real image, relabelled a frontal chest CR or given a Doppler strip's region, that
+    the pipeline takes and `unusable` passes: SEG, SR and the denoised image (on its frame
+    copy where one is needed) are built and dciodvfy-clean. They failed on an empty value 1
+    of the Specific Character Set (Japanese) and on a CT Secondary Capture without plane
+    geometry (highdicom's TID 1604); dciodvfy found an empty Laterality kept on a chest and
+    none on a part that may be paired (an NM SC's WHOLE BODY), an SC with a frame of
+    reference but no plane geometry, a frame reference to a non-conformant SC of two frames,
+    and a SEG repeating a lossy JPEG's empty compression ratio. Every image output of a lossy
+    compressed image says so (its frame copies and their SEG said nothing, or 00)."""
+    relabelled, masks_of, findings = SWEEPS[modality]
     built, refused, lossy_built = [], 0, []
     for path, ds in real_images():
-        source = as_frontal_chest_cr(ds, path)
-        if pipeline("cxr").not_applicable(source) or unusable(source):
+        if min(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) < 16:
+            continue  # no image to draw a strip or masks on
+        source = relabelled(ds, path)
+        if pipeline(modality).not_applicable(source) or unusable(source):
             refused += 1
             continue
         try:
             frame = frames_of(source)[0]
         except InferenceError:  # pixel data no installed decoder reads: skipped, tested
             continue  # in test_pipeline
-        seg = build_seg(frame, chest_masks(frame), modality="cxr", **MODEL)
-        objects = {"seg": seg, "sr": build_sr(frame, seg, CXR_FINDINGS, modality="cxr", **MODEL),
+        seg = build_seg(frame, masks_of(frame), modality=modality, **MODEL)
+        objects = {"seg": seg, "sr": build_sr(frame, seg, findings, modality=modality, **MODEL),
                    "denoised": build_denoised(frame, np.full((frame.Rows, frame.Columns), 0.5),
                                               **MODEL)}
         if frame is not source:
@@ -308,11 +365,12 @@ def test_every_real_image_the_chest_pipeline_takes_gets_valid_outputs(tmp_path: 
         if lossy:
             lossy_built.append(path.name)
     assert len(built) > 20 and refused > 20
-    assert "JPEG2000.dcm" in built  # an SC with a frame of reference
-    assert {"JPEG-lossy.dcm", "SC_rgb_jpeg_app14_dcmd.dcm"} <= set(lossy_built)  # no ratio
+    assert {"JPEG2000.dcm", "JPEG-lossy.dcm"} <= set(lossy_built)  # their method left out
     if SHARED_DATA.joinpath("dicom-corpus").is_dir():
+        assert "JPEGwithIcon.dcm" in lossy_built  # its ratio empty
         assert "chrH31.dcm" in built  # Specific Character Set \\ISO 2022 IR 87
-        assert "JPEGwithIcon.dcm" in lossy_built
+        if modality == "echo_doppler":
+            assert "CT-MONO2-16-ankle" in built
 
 
 def test_a_lossy_compression_is_stated_in_full() -> None:
@@ -345,6 +403,29 @@ def test_a_patient_orientation_of_two_letters_is_kept(tmp_path: Path) -> None:
     seg = build_seg(source, chest_masks(source), modality="cxr", **MODEL)
     assert list(denoised.PatientOrientation) == list(seg.PatientOrientation) == ["P", "FL"]
     assert_valid({"denoised": denoised, "seg": seg}, tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("body_part", "laterality"), [
+    ("CHEST", None), ("THORAX", ""), ("", ""), ("LUNG", ""), (None, ""), ("KNEE", "R")])
+def test_laterality_is_stated_where_the_body_part_may_be_paired(
+        body_part: str | None, laterality: str | None, tmp_path: Path) -> None:
+    """The chest CR of the corpus as sites name its body part (CHEST is PS3.16's term, one of
+    an unpaired part; THORAX, an empty or absent value are none) and, for the side kept, a
+    right knee. The denoised image of a chest whose part was not CHEST had no Laterality
+    (Type 2C), which dciodvfy requires for any part not known to be unpaired."""
+    source = chest_cr("imager")
+    if body_part is None:
+        del source.BodyPartExamined
+    else:
+        source.BodyPartExamined = body_part
+    if laterality:
+        source.Laterality = laterality
+    denoised = build_denoised(source, np.full((source.Rows, source.Columns), 0.5), **MODEL)
+    seg = build_seg(source, chest_masks(source), modality="cxr", **MODEL)
+    assert_valid({"denoised": denoised, "seg": seg,
+                  "sr": build_sr(source, seg, CXR_FINDINGS, modality="cxr", **MODEL)}, tmp_path)
+    assert denoised.get("Laterality") == laterality
 
 
 @pytest.mark.parametrize(("value", "taken"), [

@@ -54,6 +54,19 @@ SINGLE_FRAME_CLASSES = frozenset({
     uid.UltrasoundImageStorage, RETIRED_US_IMAGE})
 
 
+# The Body Part Examined defined terms of unpaired parts (PS3.16 Annex L), as dciodvfy
+# (dicom3tools) reads them: it takes every other part, an unknown term too, as paired.
+UNPAIRED_BODY_PARTS = frozenset({
+    "ABDOMEN", "ABDOMENPELVIS", "AORTA", "BACK", "BLADDER", "BRAIN", "CEREBELLUM", "CERVIX",
+    "CHEST", "CHESTABDOMEN", "CHESTABDPELVIS", "CIRCLEOFWILLIS", "COCCYX", "COLON",
+    "CORONARYARTERY", "CSPINE", "CTSPINE", "DUODENUM", "ESOPHAGUS", "FACE", "GALLBLADDER", "HEAD",
+    "HEADNECK", "HEART", "ILEUM", "ILIUM", "JAW", "JEJUNUM", "LARYNX", "LIVER", "LSPINE", "LSSPINE",
+    "MAXILLA", "MEDIASTINUM", "MOUTH", "NECK", "NECKCHEST", "NECKCHESTABDOMEN", "NECKCHESTABDPELV",
+    "NOSE", "PANCREAS", "PELVIS", "PENIS", "PHARYNX", "PROSTATE", "RECTUM", "SCALP", "SKULL",
+    "SPINE", "SPLEEN", "SSPINE", "STERNUM", "STOMACH", "THYMUS", "THYROID", "TLSPINE", "TONGUE",
+    "TRACHEA", "TSPINE", "URETER", "URETHRA", "UTERUS", "VAGINA", "VULVA", "WHOLEBODY"})
+
+
 def _code_item(code: Any) -> Dataset:
     concept = hd.sr.CodedConcept.from_code(code)
     item = Dataset()
@@ -96,17 +109,15 @@ def _secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, *,
     )
     pin_times(sc, source)
     sc.add_new("PatientOrientation", "CS", patient_orientation(source) or "")  # 2C: "" unknown
-    # Laterality (Type 2C) is needed for a paired part, and must not be there for another:
-    # a named part keeps the source's side, from its series or its image (a mammogram's);
-    # else none (a chest CR's empty Laterality is left out). A part not named may be a
-    # paired one: present, empty where unknown.
+    # Laterality (Type 2C, PS3.3 C.7.3.1) is needed for a paired part and must not be there
+    # for another (a chest CR's empty Laterality is left out). A part that is not one of
+    # UNPAIRED_BODY_PARTS may be paired (THORAX, an empty or absent part): the source's side,
+    # from its series or its image (a mammogram's), or empty where unknown.
     if "BodyPartExamined" in source:  # also tells validators whether Laterality is needed
         sc.BodyPartExamined = source.BodyPartExamined
+    if source.get("BodyPartExamined") not in UNPAIRED_BODY_PARTS:
         side = source.get("Laterality") or source.get("ImageLaterality")
-        if side in ("R", "L"):
-            sc.Laterality = side
-    else:
-        sc.Laterality = source.get("Laterality", "")
+        sc.Laterality = side if side in ("R", "L") else ""
     sc.Modality = source.Modality  # the study's modality; highdicom's SC default is "OT"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     for keyword, value in lossy_marking(source).items():  # its pixels' compression history

@@ -4,11 +4,14 @@ highdicom 0.28.2 describes a projection radiograph (CR, DX, MG, ...; TID 1603, "
 support" since highdicom PR #83) from `PatientOrientation[0]`, `[1]` and `ImagerPixelSpacing`
 read unconditionally: a real CR whose orientation is absent or empty (Type 2C) or whose
 spacing is only in Pixel Spacing or nowhere (Imager Pixel Spacing is Type 3 in the CR Image
-module) raises AttributeError or IndexError, and its study would fail. No upstream issue
-was found; highdicom PR #315 fixed the same fault for Spacing Between Slices (TID 1604).
-`ProjectionDescriptors` writes the TID 1603 rows the image has (each is optional).
-`MeasurementReport` builds its library with highdicom's own class, so the report is built
-without one and `image_library` supplies it, built as highdicom's `ImageLibrary` builds it.
+module) raises AttributeError or IndexError, and its study would fail. Likewise a CT, MR
+or PT (TID 1604) from Pixel Spacing, Slice Thickness, Image Position and Orientation
+(Patient): a real CT Secondary Capture (fo-dicom's CT-MONO2-16-ankle) has none of them.
+No upstream issue was found; highdicom PR #315 fixed the same fault for Spacing Between
+Slices (TID 1604). `ProjectionDescriptors` writes the TID 1603 or 1604 rows the image has
+(each is optional). `MeasurementReport` builds its library with highdicom's own class, so the
+report is built without one and `image_library` supplies it, built as highdicom's
+`ImageLibrary` builds it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ from pydicom.sr.codedict import codes
 ACQ_CONTEXT = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 SOURCE = hd.sr.CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
+MM = codes.UCUM.Millimeter
+DIRECTION = hd.sr.CodedConcept(value="{-1:1}", scheme_designator="UCUM", meaning="{-1:1}")
+THICKNESS, SLICE_SPACING = (codes.DCM.SliceThickness,), (codes.DCM.SpacingBetweenSlices,)
+POSITION = (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY,
+            codes.DCM.ImagePositionPatientZ)
+ORIENTATION = (codes.DCM.ImageOrientationPatientRowX, codes.DCM.ImageOrientationPatientRowY,
+               codes.DCM.ImageOrientationPatientRowZ, codes.DCM.ImageOrientationPatientColumnX,
+               codes.DCM.ImageOrientationPatientColumnY,
+               codes.DCM.ImageOrientationPatientColumnZ)
 
 
 def _spacing(image: Dataset) -> tuple[float, float] | None:
@@ -35,7 +47,8 @@ def _spacing(image: Dataset) -> tuple[float, float] | None:
 
 
 class ProjectionDescriptors(hd.sr.ImageLibraryEntryDescriptors):
-    """TID 1602 descriptors whose TID 1603 part omits what a radiograph does not hold."""
+    """TID 1602 descriptors whose TID 1603 and TID 1604 parts omit what the image does not
+    hold: a radiograph's orientation or spacing, a CT Secondary Capture's plane geometry."""
 
     def _generate_projection_radiography_descriptors(
             self, dataset: Dataset) -> Sequence[hd.sr.ContentItem]:
@@ -47,14 +60,34 @@ class ProjectionDescriptors(hd.sr.ImageLibraryEntryDescriptors):
                                       relationship_type=ACQ_CONTEXT)
                 for name, value in ((codes.DCM.PatientOrientationRow, orientation[0]),
                                     (codes.DCM.PatientOrientationColumn, orientation[1]))]
-        spacing = _spacing(dataset)
-        if spacing is not None:
-            descriptors += [
-                hd.sr.NumContentItem(name=name, value=value, unit=codes.UCUM.Millimeter,
-                                     relationship_type=ACQ_CONTEXT)
-                for name, value in ((codes.DCM.HorizontalPixelSpacing, spacing[1]),
-                                    (codes.DCM.VerticalPixelSpacing, spacing[0]))]
+        return descriptors + _pixel_spacing_rows(dataset)
+
+    def _generate_cross_sectional_descriptors(
+            self, dataset: Dataset) -> Sequence[hd.sr.ContentItem]:
+        descriptors = _pixel_spacing_rows(dataset)
+        for keyword, names, unit in (("SliceThickness", THICKNESS, MM),
+                                     ("ImagePositionPatient", POSITION, MM),
+                                     ("ImageOrientationPatient", ORIENTATION, DIRECTION),
+                                     ("SpacingBetweenSlices", SLICE_SPACING, MM)):
+            values = dataset.get(keyword)
+            values = [values] if isinstance(values, int | float) else values
+            if values and len(values) == len(names):
+                descriptors += _num_rows(names, values, unit)
         return descriptors
+
+
+def _pixel_spacing_rows(dataset: Dataset) -> list[hd.sr.ContentItem]:
+    spacing = _spacing(dataset)
+    return [] if spacing is None else _num_rows(
+        (codes.DCM.HorizontalPixelSpacing, codes.DCM.VerticalPixelSpacing),
+        (spacing[1], spacing[0]), MM)
+
+
+def _num_rows(names: Sequence[hd.sr.CodedConcept], values: Sequence[float],
+              unit: hd.sr.CodedConcept) -> list[hd.sr.ContentItem]:
+    return [hd.sr.NumContentItem(name=name, value=value, unit=unit,
+                                 relationship_type=ACQ_CONTEXT)
+            for name, value in zip(names, values, strict=True)]
 
 
 def image_library(image: Dataset) -> hd.sr.ContainerContentItem:
