@@ -24,7 +24,6 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from pacs_node import samples
 from pacs_node.sender import send_files
 from pacs_node.spool import file_name
 from tests.conftest import (
@@ -38,7 +37,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.integration.conftest import StoreScp, in_process_node, settled
-from tests.unit.test_outputs_real import as_frontal_chest_cr, real_images
+from tests.unit.test_outputs_real import add_doppler_region, as_frontal_chest_cr, real_images
 
 pytestmark = pytest.mark.integration
 
@@ -249,8 +248,7 @@ def retired_us_variants(corpus: Path, out: Path) -> dict[str, Path]:
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6"
         variant_uids(ds, name)
         if name == "us-retired-doppler":
-            region = samples.default_spectral_region(int(ds.Rows), int(ds.Columns))
-            ds.SequenceOfUltrasoundRegions = [samples._spectral_region(region)]
+            add_doppler_region(ds)
         paths[name] = write(ds, out / f"{name}.dcm", ExplicitVRLittleEndian)
     return paths
 

@@ -69,15 +69,19 @@ def chest_cr(spacing: str) -> Dataset:
     return ds
 
 
+def add_doppler_region(ds: Dataset) -> Dataset:
+    """`ds` with a PW Doppler strip's region over its lower half, so that the echo pipeline
+    applies to it."""
+    ds.SequenceOfUltrasoundRegions = [samples._spectral_region(
+        samples.default_spectral_region(int(ds.Rows), int(ds.Columns)))]
+    return ds
+
+
 def retired_us() -> Dataset:
-    """A real US image (GH364, JPEG-LS) as its retired SOP class, with a PW Doppler strip's
-    region so that the echo pipeline applies to it."""
+    """A real US image (GH364, JPEG-LS) as its retired SOP class, with a Doppler region."""
     ds = corpus_file("GH364.dcm")
     ds.SOPClassUID = RETIRED_US
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    ds.SequenceOfUltrasoundRegions = [
-        samples._spectral_region(samples.default_spectral_region(rows, columns))]
-    return ds
+    return add_doppler_region(ds)
 
 
 def real_images() -> Iterator[tuple[Path, Dataset]]:
@@ -132,13 +136,16 @@ def library_descriptors(sr: Dataset) -> dict[str, str]:
     library = next(item for item in report
                    if item.ConceptNameCodeSequence[0].CodeMeaning == "Image Library")
     entry = library.ContentSequence[0].ContentSequence[-1]
-    found = {}
-    for item in entry.ContentSequence:
-        value = {"TEXT": lambda i: i.TextValue,
-                 "NUM": lambda i: i.MeasuredValueSequence[0].NumericValue,
-                 "CODE": lambda i: i.ConceptCodeSequence[0].CodeMeaning}[item.ValueType](item)
-        found[str(item.ConceptNameCodeSequence[0].CodeMeaning)] = str(value)
-    return found
+    return dict(descriptor_rows(entry.ContentSequence))
+
+
+def descriptor_rows(items: Any) -> list[tuple[str, str]]:
+    """(concept meaning, value) of each Image Library descriptor."""
+    value_of = {"TEXT": lambda i: i.TextValue, "UIDREF": lambda i: i.UID,
+                "NUM": lambda i: i.MeasuredValueSequence[0].NumericValue,
+                "CODE": lambda i: i.ConceptCodeSequence[0].CodeMeaning}
+    return [(str(item.ConceptNameCodeSequence[0].CodeMeaning),
+             str(value_of[item.ValueType](item))) for item in items]
 
 
 @pytest.mark.integration
@@ -165,15 +172,9 @@ def test_the_image_library_is_highdicoms_where_highdicom_copes() -> None:
     [theirs] = hd.sr.templates.ImageLibrary([cr])
     assert image_library(cr) == theirs
     ct = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")  # plane geometry, thickness
-
-    def rows(items: Any) -> list[tuple[str, str]]:
-        return [(str(item.ConceptNameCodeSequence[0].CodeMeaning),
-                 str(item.MeasuredValueSequence[0].NumericValue if item.ValueType == "NUM"
-                     else item.get("TextValue", item.get("UID", ""))))
-                for item in items]
-
-    assert rows(ProjectionDescriptors(ct)) == rows(hd.sr.ImageLibraryEntryDescriptors(ct))
-    assert len(rows(ProjectionDescriptors(ct))) > 10  # its TID 1604 rows
+    ours = descriptor_rows(ProjectionDescriptors(ct))
+    assert ours == descriptor_rows(hd.sr.ImageLibraryEntryDescriptors(ct))
+    assert len(ours) > 10  # its TID 1604 rows
 
 
 @pytest.mark.integration
@@ -184,8 +185,7 @@ def test_a_ct_secondary_capture_without_plane_geometry_gets_its_report(tmp_path:
     an AttributeError."""
     source = corpus_file("CT-MONO2-16-ankle")
     assert source.Modality == "CT" and "PixelSpacing" not in source
-    source.SequenceOfUltrasoundRegions = [samples._spectral_region(
-        samples.default_spectral_region(int(source.Rows), int(source.Columns)))]
+    add_doppler_region(source)
     assert pipeline("echo_doppler").not_applicable(source) is None
     envelope = np.zeros((int(source.Rows), int(source.Columns)), dtype=bool)
     envelope[300:320, 10:500] = True
@@ -299,12 +299,10 @@ def test_every_frame_copy_is_built_or_its_image_says_why_first() -> None:
 
 
 def with_doppler_strip(ds: Dataset, path: Path) -> Dataset:
-    """`ds` with a spectral Doppler region over its lower half, in a study of its own: what
-    the Doppler pipeline meets in a Secondary Capture or ultrasound image of any modality."""
-    ds.SequenceOfUltrasoundRegions = [samples._spectral_region(
-        samples.default_spectral_region(int(ds.Rows), int(ds.Columns)))]
+    """`ds` with a Doppler region, in a study of its own: what the Doppler pipeline meets in
+    a Secondary Capture or ultrasound image of any modality."""
     ds.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[path.name])
-    return ds
+    return add_doppler_region(ds)
 
 
 def envelope_mask(source: Dataset) -> dict[str, np.ndarray]:
