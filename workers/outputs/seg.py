@@ -24,7 +24,12 @@ from workers.outputs import (
     SERIES_NUMBER_SEG,
     description,
 )
-from workers.outputs.sources import conformed, instance_number, patient_orientation
+from workers.outputs.sources import (
+    conformed,
+    instance_number,
+    lossy_marking,
+    patient_orientation,
+)
 from workers.outputs.uids import output_uid, pin_times
 
 
@@ -110,6 +115,10 @@ def build_seg(source: Dataset, masks: dict[str, np.ndarray], *, model_name: str,
         omit_empty_frames=False,
     )
     pin_times(seg, source)
+    # highdicom copies the source's marking as it is, which may leave out the ratio and the
+    # method (Type 1C here) or say nothing of a lossy syntax: state it in full.
+    for keyword, value in lossy_marking(source).items():
+        setattr(seg, keyword, value)
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "PlaneOrientationSequence" not in shared:  # a projection image, even with a frame of
         # reference (an SC that has one): no patient coordinates.

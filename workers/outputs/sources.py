@@ -9,8 +9,10 @@ Real images are not always conformant; our outputs must be. Here:
 - `conformed`: the image as highdicom reads it to build every output: the Type 2 patient and
   study attributes it copies present, and empty where the modality left them out or sent a
   value its VR does not allow (a birth date 1970-01-01), as a Type 2 attribute may be: such a
-  value must neither fail a job nor reach an error message; a Specific Character Set in
-  a form highdicom takes; and its lossy compression stated in full (`lossy_marking`);
+  value must neither fail a job nor reach an error message; and a Specific Character Set
+  in a form highdicom takes;
+- `lossy_marking`: its lossy compression stated in full, as every image derived from it
+  must state it;
 - `instance_number`, `patient_orientation`: the image's, as valid outputs repeat them;
 - `conforms`: whether a value is valid for its VR.
 """
@@ -184,21 +186,17 @@ def _stream_ratio(ds: Dataset, syntax: UID) -> str | None:
 def conformed(source: Dataset) -> Dataset:
     """`source`, or a copy of it (a deep copy: a pydicom Dataset's shallow copy shares its
     elements with the original) whose `TYPE2_COPIED` attributes missing or not valid for
-    their VR are empty, whose Specific Character Set is one highdicom takes
-    (`highdicom_charset`), and whose lossy compression is stated in full (`lossy_marking`)."""
+    their VR are empty and whose Specific Character Set is one highdicom takes
+    (`highdicom_charset`)."""
     emptied = [name for name in TYPE2_COPIED
                if name not in source or not conforms(source[name].VR, source[name].value)]
     charset = source.get("SpecificCharacterSet")
     taken = highdicom_charset(charset)
-    stated = {keyword: value for keyword, value in lossy_marking(source).items()
-              if source.get(keyword) != value}
-    if not emptied and taken == charset and not stated:
+    if not emptied and taken == charset:
         return source
     complete = copy.deepcopy(source)
     for name in emptied:
         setattr(complete, name, "")
-    for keyword, value in stated.items():
-        setattr(complete, keyword, value)
     if taken is None and charset is not None:
         del complete.SpecificCharacterSet
     elif taken != charset:
