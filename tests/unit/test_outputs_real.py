@@ -394,6 +394,34 @@ def test_a_lossy_compression_is_stated_in_full() -> None:
     assert "LossyImageCompression" not in ds  # the source itself is left as received
 
 
+def test_a_stream_that_may_be_lossless_is_lossy_where_it_says_so() -> None:
+    """JPEG-LS near-lossless with an error bound above 0 and JPEG 2000 with the irreversible
+    wavelet are lossy where the image leaves its marking out (pydicom's near-lossless files
+    do: NEAR 2), and so are its outputs; their lossless streams are not, and an image's own
+    marking is kept."""
+    path = PYDICOM_TEST_FILES / "JPEGLSNearLossless_08.dcm"
+    near = pydicom.dcmread(path)
+    assert "LossyImageCompression" not in near
+    marking = {"LossyImageCompression": "01", "LossyImageCompressionRatio": "8.036",
+               "LossyImageCompressionMethod": "ISO_14495_1"}
+    assert lossy_marking(near) == marking
+    source = as_frontal_chest_cr(near, path)
+    source.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[path.name, "series"])
+    assert unusable(source) is None  # its own series UID is not valid
+    for output in (build_seg(source, chest_masks(source), modality="cxr", **MODEL),
+                   build_denoised(source, np.full((source.Rows, source.Columns), 0.5),
+                                  **MODEL)):
+        assert {keyword: output.get(keyword) for keyword in marking} == marking
+    assert lossy_marking(pydicom.dcmread(PYDICOM_TEST_FILES
+                                         / "MR_small_jpeg_ls_lossless.dcm")) == {}
+    irreversible = pydicom.dcmread(PYDICOM_TEST_FILES / "JPEG2000.dcm")  # 9-7 wavelet
+    reversible = pydicom.dcmread(PYDICOM_TEST_FILES / "SC_rgb_gdcm_KY.dcm")  # 5-3, same syntax
+    assert lossy_marking(reversible)["LossyImageCompression"] == "01"  # as it says
+    del irreversible.LossyImageCompression, reversible.LossyImageCompression
+    assert lossy_marking(irreversible)["LossyImageCompressionMethod"] == "ISO_15444_1"
+    assert lossy_marking(reversible) == {}
+
+
 @pytest.mark.integration
 def test_a_patient_orientation_of_two_letters_is_kept(tmp_path: Path) -> None:
     """A real mammogram's P\\FL (down and to the left: valid DICOM, which highdicom's

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
+from itertools import islice
 
 from pydicom import config
 from pydicom.dataset import Dataset
@@ -63,10 +64,10 @@ MULTI_BYTE_EXTENSIONS = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159"})
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 # PS3.3 C.7.6.1.1.5: an image once lossy compressed stays "01" whatever syntax it travels in
-# now, and so do images derived from its pixels (highdicom's SEG repeats its source's
-# marking, our Secondary Captures too), with the ratio and method, Type 1C in a SEG. JPEG
-# baseline and extended are lossy whatever an image says; the method of each syntax that
-# may be lossy (PS3.3 C.7.6.1.1.5.1):
+# now, and so do images derived from its pixels (our SEG and Secondary Captures), with the
+# ratio and method, Type 1C in a SEG. JPEG baseline and extended are lossy whatever an image
+# says; JPEG-LS near-lossless and JPEG 2000 where their stream says so (`_lossy_stream`); the
+# method of each syntax that may be lossy (PS3.3 C.7.6.1.1.5.1):
 ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
 LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
                  JPEGLSNearLossless: "ISO_14495_1", JPEG2000: "ISO_15444_1",
@@ -156,7 +157,8 @@ def lossy_marking(ds: Dataset) -> dict[str, object]:
     its syntax names."""
     meta = getattr(ds, "file_meta", None)
     syntax = UID(str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
-    if ds.get("LossyImageCompression") != "01" and syntax not in ALWAYS_LOSSY:
+    if (ds.get("LossyImageCompression") != "01" and syntax not in ALWAYS_LOSSY
+            and not _lossy_stream(ds, syntax)):
         return {}
     marking: dict[str, object] = {"LossyImageCompression": "01"}
     ratio = ds.get("LossyImageCompressionRatio") or _stream_ratio(ds, syntax)
@@ -166,6 +168,40 @@ def lossy_marking(ds: Dataset) -> dict[str, object]:
     if method:
         marking["LossyImageCompressionMethod"] = method
     return marking
+
+
+def _lossy_stream(ds: Dataset, syntax: UID) -> bool:
+    """Whether the first frame's stream, of a syntax that holds lossless and lossy streams,
+    says it is lossy, as GDCM reads it: JPEG-LS with an error bound (NEAR) above 0 (real
+    near-lossless files leave LossyImageCompression out), JPEG 2000 with the irreversible 9-7
+    wavelet. False where it cannot tell."""
+    if syntax not in LOSSY_METHODS or syntax in ALWAYS_LOSSY or not ds.get("PixelData"):
+        return False
+    try:
+        stream = next(islice(generate_fragments(ds.PixelData), 1, None))  # after the offsets
+        if syntax == JPEGLSNearLossless:  # ISO 14495-1 C.2.3: SOS holds NEAR after its
+            scan = _segment(stream, 2, b"\xff\xda")  # components' two bytes each
+            return scan is not None and stream[scan + 5 + 2 * stream[scan + 4]] > 0
+        start = stream.find(b"\xff\x4f\xff\x51")  # SOC, SIZ: past a JP2 file's boxes
+        if start < 0:
+            return False
+        coding = _segment(stream, start + 2, b"\xff\x52", until=b"\xff\x90")  # COD, SOT
+        return coding is not None and stream[coding + 13] == 0  # ISO 15444-1 A.6.1: 0 is 9-7
+    except (StopIteration, IndexError, ValueError):
+        return False
+
+
+def _segment(stream: bytes, offset: int, marker: bytes, until: bytes = b"") -> int | None:
+    """The offset of the first `marker` segment of a JPEG-family header from `offset` on,
+    stepping over each segment by its length, or None where `until` or the end comes first."""
+    while offset + 4 <= len(stream):
+        found = stream[offset:offset + 2]
+        if found == marker:
+            return offset
+        if found == until:
+            return None
+        offset += 2 + int.from_bytes(stream[offset + 2:offset + 4], "big")
+    return None
 
 
 def _stream_ratio(ds: Dataset, syntax: UID) -> str | None:
