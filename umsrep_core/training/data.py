@@ -148,8 +148,7 @@ class PhantomPool:
     def __len__(self) -> int:
         return len(self.arrays[0])
 
-    @property
-    def images(self) -> np.ndarray:
+    def refresh_images(self, batch: int) -> np.ndarray:
         """The pool's images, (N, 1, size, size): what batch norms are refreshed over."""
         return self.arrays[0]
 

@@ -271,7 +271,7 @@ def train(spec: RunSpec, out: Path, *, resume: bool = False, device: str | None 
         # Mid-run on a copy, so that how often a run is validated does not change its
         # training; at the end on the model itself, so that its export is what was scored.
         scored = model if final else copy.deepcopy(model)
-        refresh_batchnorm(scored, pool.images, spec.batch, dev)
+        refresh_batchnorm(scored, pool.refresh_images(spec.batch), spec.batch, dev)
         metrics = validate(scored, spec, held_out, device=dev)
         done.append({"step": state["step"], "metrics": metrics})
         model.train()
