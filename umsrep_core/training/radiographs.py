@@ -203,8 +203,8 @@ def _letterboxed(image: np.ndarray, size: int) -> np.ndarray:
 
 def _augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What real radiographs vary in, that the data sets' own do not show (bench/README: their
-    results moved with it before 0.8.0); the masks moved alike:
+    """What real radiographs vary in and the two data sets hardly show (0.7.0, trained
+    without most of it, lost its CTR to a black border: MODELS.md); the masks move alike:
     - geometry: rotation (±10°), zoom (0.75-1.12, a field of view taking in shoulders or the
       abdomen), each axis ±10 % more (other aspect ratios), shift (±6 %);
     - the field outside the image: black, as the letterbox's bands, or for one in five a
