@@ -229,8 +229,8 @@ def _window(stored: np.ndarray, clipped: float, **attributes: str) -> Dataset:
                **attributes)
 
 
-# The same radiograph as real CRs come: (stored 12-bit values -> dataset, border in pixels
-# each side), each a display chain the model has to see through.
+# The same radiograph as real CRs come, each a display chain the model has to see through:
+# (stored 12-bit values -> dataset, the border each side as a share of the image's rows).
 DISPLAY_CHAINS = {
     "monochrome1": (lambda s: _cr(4095 - s, "MONOCHROME1"), 0.0),
     "window 10 %": (lambda s: _window(s, 0.10), 0.0),
