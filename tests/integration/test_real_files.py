@@ -317,7 +317,7 @@ def test_every_real_image_sent_as_a_chest_cr_ends_processed_or_skipped_with_a_re
     reason, never failed (an RT image without NumberOfFrames failed its job, and so did pixel
     data no installed decoder reads); every output is dciodvfy-clean. Among them a real
     chest, the shipped NIH sample as a CR, ends done: none of pydicom's images is one (a
-    bundle may refuse them all, as 0.7.0 does)."""
+    bundle may refuse them all, as 0.7.0 did)."""
     chest = cr_dataset(1, rows=1024, columns=1024)
     files = [*relabelled_chest_crs(tmp_path),
              write(chest, tmp_path / "chest.dcm", ExplicitVRLittleEndian)]
