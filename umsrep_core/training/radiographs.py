@@ -232,11 +232,11 @@ def _augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generat
     bright = (torch.rand(n, 1, 1, 1, generator=generator) < 0.2) * (0.75 + 0.25 * uniform(
         n, 1, 1, 1))
     moved = (moved + outside * bright).clamp(0, 1)
-    flat = moved.flatten(1)
     clip = 0.15 * torch.rand(n, 2, generator=generator)
     clip[torch.rand(n, generator=generator) < 0.5] = 0
-    low = torch.quantile(flat, clip[:, 0], dim=1).diagonal()
-    high = torch.quantile(flat, 1 - clip[:, 1], dim=1).diagonal()
+    # one sort of each image for both ends: row i of each half holds image i's own quantile
+    bounds = torch.quantile(moved.flatten(1), torch.cat([clip[:, 0], 1 - clip[:, 1]]), dim=1)
+    low, high = bounds[:n].diagonal(), bounds[n:].diagonal()
     width = (high - low).clamp(min=1e-3)[:, None, None, None]
     windowed = ((moved - low[:, None, None, None]) / width).clamp(0, 1)
     gamma = torch.exp(uniform(n, 1, 1, 1) * math.log(2))
