@@ -16,9 +16,10 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian,
 
 from tests.conftest import shared_data
 from umsrep_core.data import is_validation, open_dataset, split
+from umsrep_core.evaluation.metrics import dice
 from umsrep_core.evaluation.report import evaluate
 from umsrep_core.inference import Predictor
-from umsrep_core.measure.chest import STRUCTURES, cardiothoracic_ratio
+from umsrep_core.measure.chest import STRUCTURES
 from umsrep_core.models.bundle import Bundle, load_bundle
 from umsrep_core.pipelines import pipeline
 from umsrep_core.training.data import CHEST, NO_CLASS
@@ -248,7 +249,8 @@ def _chain_scores(bundle: Bundle, chain: str) -> dict[str, float]:
     JSRT/SCR patients, each image sent as a CR through the display chain `chain`."""
     predictor = Predictor(bundle, device="cpu")
     build, border = DISPLAY_CHAINS[chain]
-    dice: dict[str, list[float]] = {name: [] for name in STRUCTURES}
+    chest = pipeline("cxr")
+    scores: dict[str, list[float]] = {name: [] for name in STRUCTURES}
     errors = []
     for sample in split(open_dataset(shared_data("jsrt-scr")), "validation"):
         [prediction] = predictor.predict_dicom(build(sample.image * 4095))
@@ -256,13 +258,10 @@ def _chain_scores(bundle: Bundle, chain: str) -> dict[str, float]:
         masks = {name: mask[pad:mask.shape[0] - pad, pad:mask.shape[1] - pad]
                  for name, mask in prediction.masks.items()}
         for name in STRUCTURES:
-            truth = sample.masks[name]
-            dice[name].append(2 * float((masks[name] & truth).sum())
-                              / max(1, int(masks[name].sum() + truth.sum())))
-        ctr = prediction.measurements["ctr"]
-        errors.append(1.0 if ctr is None else abs(
-            ctr - cardiothoracic_ratio(*(sample.masks[s] for s in STRUCTURES))[0]))
-    return {**{f"dice.{name}": float(np.mean(values)) for name, values in dice.items()},
+            scores[name].append(dice(masks[name], sample.masks[name]))
+        ctr, truth = prediction.measurements["ctr"], chest.truth(sample.masks)["ctr"]
+        errors.append(1.0 if ctr is None or truth is None else abs(ctr - truth))
+    return {**{f"dice.{name}": float(np.mean(values)) for name, values in scores.items()},
             "ctr_abs_error": float(np.mean(errors))}
 
 
