@@ -47,8 +47,9 @@ RECIPES = {
     # 3200 steps: a joint batch holds 6 masked radiographs, and at 1600 the held-out CTR
     # error sat near its gate (0.018 against 0.02; at 3200, 0.015), 47 minutes on 2 cores.
     # 0.8.0: the same recipe, with the zoom, border and window augmentation and batch norms
-    # refreshed over training batches (radiographs.py).
-    "cxr": Recipe(steps=3200, pretrain_steps=400, version="0.8.0", image_size=256, real=True,
+    # refreshed over training batches (radiographs.py); 0.9.0: text and shapes on a field
+    # among the negatives.
+    "cxr": Recipe(steps=3200, pretrain_steps=400, version="0.9.0", image_size=256, real=True,
                   model={"width": 24, "unshuffle": 2}),
     "echo_doppler": Recipe(steps=800, version="0.4.0", image_size=128),
 }

@@ -11,7 +11,7 @@ every image is a denoising target (synthetic noise on its own pixels). A batch m
   source grid in tiles (no segmentation or class target: NO_CLASS);
 - negatives, the images the model must learn not to measure (class OTHER, the last class):
   radiographs turned or inverted, a part of the body filling the image, drawn radiographs of
-  other anatomy, spectral Doppler strips, flat and noise fields.
+  other anatomy, spectral Doppler strips, flat and noise fields, text and shapes on them.
 Validation (`radiograph_held_out`) draws the same kinds from the data sets' validation split
 of patients, with fixed seeds.
 """
@@ -31,6 +31,7 @@ from umsrep_core.data import open_dataset, split
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.measure.chest import STRUCTURES
 from umsrep_core.models.bundle import OTHER_CLASS
+from umsrep_core.phantoms._font import GLYPH_CHARS, draw_text
 from umsrep_core.phantoms.doppler import make_doppler
 from umsrep_core.phantoms.other import make_other_radiograph
 from umsrep_core.training.data import CHEST, NO_CLASS, NO_TARGET, Batch, HeldOut
@@ -40,7 +41,7 @@ __all__ = ["CLASS_LABELS", "NEGATIVES", "NOISE", "OTHER", "RadiographPool",
 
 CLASS_LABELS = ["normal", "pneumonia", OTHER_CLASS]
 OTHER = CLASS_LABELS.index(OTHER_CLASS)
-NEGATIVES = ("turned", "inverted", "part", "drawn", "doppler", "field")
+NEGATIVES = ("turned", "inverted", "part", "drawn", "doppler", "field", "graphic")
 NOISE = (0.01, 0.08)  # the range of the denoiser's synthetic noise (standard deviation)
 VALIDATION_NOISE = 0.05
 _UNKNOWN = float(NO_TARGET)  # as torch takes it
@@ -301,10 +302,35 @@ def _negative(kind: str, data: _Split, size: int, rng: np.random.Generator) -> n
     if kind == "doppler":
         strip = make_doppler(int(rng.integers(2**31))).image.astype(np.float32) / 255
         return _letterboxed(strip, size)
-    # a field: smooth shading and noise, no anatomy at all
+    if kind == "graphic":
+        return _graphic(size, rng)
+    return _field(size, rng)
+
+
+def _field(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth shading and noise, no anatomy at all."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     a, b, c = rng.uniform(-1, 1, 3)
     field = 0.5 + 0.3 * (a * yy + b * xx + c * yy * xx) + rng.normal(0, rng.uniform(0, 0.2),
                                                                     (size, size))
     flat: np.ndarray = np.clip(field, 0, 1).astype(np.float32)
     return flat
+
+
+def _graphic(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A page or a screen: text, boxes and bars in any grey on a field. Without it the model
+    found lungs either side of a heart in a real JPEG 2000 image of three words on grey
+    (GDCMJ2K_TextGBR.dcm, 0.8.0). Drawn at up to 3x and letterboxed down: edges soft, as a
+    received one's are once letterboxed."""
+    side = int(size * rng.uniform(1, 3))
+    canvas = _field(side, rng)
+    for _ in range(int(rng.integers(2, 9))):
+        value = float(rng.uniform(0, 1))
+        y, x = (int(v) for v in rng.integers(0, side, 2))
+        if rng.random() < 0.6:
+            text = "".join(rng.choice(list(GLYPH_CHARS), int(rng.integers(2, 12))))
+            draw_text(canvas, text, y, x, scale=int(rng.integers(2, side // 24)), value=value)
+        else:  # a box, a bar: a window, a test pattern's grey step
+            h, w = (int(v) for v in rng.integers(side // 32, side // 2, 2))
+            canvas[y:y + h, x:x + w] = value
+    return _letterboxed(canvas, size)
