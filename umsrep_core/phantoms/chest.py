@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from umsrep_core.measure.chest import STRUCTURES, cardiothoracic_ratio
-from umsrep_core.phantoms._font import GLYPH_CHARS, draw_text
+from umsrep_core.phantoms.font import GLYPH_CHARS, draw_text
 
 FINDINGS = ("nodule", "mass", "consolidation", "effusion", "cardiomegaly")
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")

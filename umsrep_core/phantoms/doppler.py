@@ -27,7 +27,7 @@ import numpy as np
 
 from umsrep_core.imaging.regions import SpectralRegion
 from umsrep_core.measure.doppler import DOPPLER_TYPES, measure_doppler, measure_trace
-from umsrep_core.phantoms._font import draw_text
+from umsrep_core.phantoms.font import draw_text
 
 __all__ = ["DOPPLER_TYPES", "DopplerPhantom", "add_speckle", "doppler_batch", "make_doppler"]
 

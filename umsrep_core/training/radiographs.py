@@ -31,8 +31,8 @@ from umsrep_core.data import open_dataset, split
 from umsrep_core.imaging.geometry import Letterbox
 from umsrep_core.measure.chest import STRUCTURES
 from umsrep_core.models.bundle import OTHER_CLASS
-from umsrep_core.phantoms._font import GLYPH_CHARS, draw_text
 from umsrep_core.phantoms.doppler import make_doppler
+from umsrep_core.phantoms.font import GLYPH_CHARS, draw_text
 from umsrep_core.phantoms.other import make_other_radiograph
 from umsrep_core.training.data import CHEST, NO_CLASS, NO_TARGET, Batch, HeldOut
 
