@@ -135,7 +135,8 @@ class Studies(Page):
             since=None if hours is None else time.time() - hours * 3600,
             route=filters["route"] or None, calling_ae=filters["calling_ae"] or None,
             modality=filters["modality"] or None, limit=PAGE, offset=offset)
-        counts, modalities = self.journal.counts(), self.journal.modalities()
+        keys = [study.study_key for study in found]
+        counts, modalities = self.journal.counts(keys), self.journal.modalities(keys)
         rows = [{**study_report(self.journal, study, counts.get(study.study_key, 0),
                                 phi=self.admin),
                  "modalities": modalities.get(study.study_key, [])} for study in found]

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +124,7 @@ CREATE TABLE IF NOT EXISTS paused_routes (
 
 
 _STAGE_NOTE = re.compile(r"(\d+(?:\.\d+)?) s(?:,|$)")  # the detail note_stage writes
+_KEYS_PER_QUERY = 500  # bound variables per query: old SQLite builds take at most 999
 
 
 @dataclass(frozen=True)
@@ -417,19 +418,31 @@ class Journal:
                            (str(path),))
         return str(rows[0]["study_key"]) if rows else None
 
-    def modalities(self) -> dict[str, list[str]]:
-        """The modalities of each study's series, sorted, for listing without loading every
-        instance."""
+    def modalities(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        """The modalities of the series of each study of `keys`, sorted, for listing without
+        loading every instance."""
         found: dict[str, list[str]] = {}
-        for r in self._query("SELECT DISTINCT study_key, modality FROM series WHERE "
-                             "modality IS NOT NULL AND modality != '' ORDER BY modality"):
+        for r in self._per_study("SELECT DISTINCT study_key, modality FROM series WHERE "
+                                 "study_key IN ({}) AND modality IS NOT NULL AND "
+                                 "modality != '' ORDER BY modality", keys):
             found.setdefault(r["study_key"], []).append(r["modality"])
         return found
 
-    def counts(self) -> dict[str, int]:
-        """Instances per study key, for listing without loading every row."""
-        return {r["study_key"]: r["n"] for r in self._query(
-            "SELECT study_key, COUNT(*) AS n FROM instances GROUP BY study_key")}
+    def counts(self, keys: Sequence[str]) -> dict[str, int]:
+        """Instances per study of `keys`, for listing without loading every row."""
+        return {r["study_key"]: r["n"] for r in self._per_study(
+            "SELECT study_key, COUNT(*) AS n FROM instances WHERE study_key IN ({}) "
+            "GROUP BY study_key", keys)}
+
+    def _per_study(self, sql: str, keys: Sequence[str]) -> list[sqlite3.Row]:
+        """`sql`, its `IN ({})` filled with `keys`, in chunks under SQLite's bound-variable
+        limit. A listing asks for its page's studies only: over the whole journal the
+        query would hold the lock that receiving instances waits for."""
+        rows: list[sqlite3.Row] = []
+        for at in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = tuple(keys[at:at + _KEYS_PER_QUERY])
+            rows += self._query(sql.format(", ".join("?" * len(chunk))), chunk)
+        return rows
 
     # --- jobs ------------------------------------------------------------------------------
 

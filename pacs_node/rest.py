@@ -80,7 +80,7 @@ class Studies(Handler):
             states=states, since=after, route=self.get_argument("route", None),
             calling_ae=self.get_argument("calling_ae", None),
             modality=self.get_argument("modality", None), limit=limit, offset=offset)
-        counts = self.journal.counts()
+        counts = self.journal.counts([s.study_key for s in found])
         self.reply({"total": total, "limit": limit, "offset": offset, "studies": [
             study_report(self.journal, s, counts.get(s.study_key, 0), phi=False)
             for s in found]})

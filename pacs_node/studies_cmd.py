@@ -74,8 +74,8 @@ def list_studies(data_dir: Path, *, as_json: bool = False, phi: bool = False,
         print(f"no journal at {path}: nothing received yet")
         return 0
     journal = Journal(path)
-    counts = journal.counts()
     found, _ = journal.find(states=tuple(states or ()), since=since, route=route, limit=None)
+    counts = journal.counts([s.study_key for s in found])
     reports = [study_report(journal, s, counts.get(s.study_key, 0), phi)
                for s in reversed(found)]  # oldest first
     journal.close()

@@ -116,6 +116,12 @@ def test_an_admin_reprocesses_a_study_and_a_viewer_only_looks(
     shoot(browser, tmp_path, "console-study.png")
     browser.get(f"{base}/console/")
     shoot(browser, tmp_path, "console-studies.png")
+    table = browser.find_element(By.ID, "studies")
+    header = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
+    row = table.find_element(By.XPATH, f".//tr[td/a[text()='{key}']]")
+    listed = dict(zip(header, (td.text for td in row.find_elements(By.TAG_NAME, "td")),
+                      strict=True))
+    assert (listed["Modalities"], listed["Instances"]) == ("CR", "2")  # counted for the page
     browser.get(f"{base}/console/?message=Your+session+ended:+call+555-0100")
     assert not browser.find_elements(By.ID, "message")  # a link cannot make one up
 

@@ -51,6 +51,7 @@ def test_an_operator_drives_studies_and_routes_through_the_rest_api(
     assert storescu(node.port, second).returncode == 0
     status, page = call(f"{api}/studies?state=receiving&modality=CR&calling_ae=TESTSCU")
     assert status == 200 and page["total"] == 2
+    assert [s["instances"] for s in page["studies"]] == [2, 2]  # each study's own count
     status, page = call(f"{api}/studies?limit=1&offset=1")
     assert (page["total"], len(page["studies"])) == (2, 1)
     keys = {pydicom.dcmread(f[0]).StudyInstanceUID: None for f in (first, second)}

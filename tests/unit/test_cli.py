@@ -83,7 +83,7 @@ def test_studies_filter_by_state_age_and_route_and_show_findings(
         assert main(["studies", "--data-dir", str(tmp_path), "--json", *args]) == 0
         return list(json.loads(capsys.readouterr().out))
 
-    assert [s["study_key"] for s in studies("--state", "done")] == [chest]
+    assert [(s["study_key"], s["instances"]) for s in studies("--state", "done")] == [(chest, 1)]
     assert [s["study_key"] for s in studies("--state", "done", "--state", "failed")] == [
         chest, other]
     assert [s["study_key"] for s in studies("--route", "archive")] == [chest]

@@ -165,7 +165,7 @@ def test_concurrent_writers_from_threads(journal: Journal) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert journal.counts() == {"1.2.3@1": 80}
+    assert journal.counts(["1.2.3@1"]) == {"1.2.3@1": 80}
 
 
 def test_modalities_of_each_study_come_from_its_series(journal: Journal) -> None:
@@ -175,7 +175,20 @@ def test_modalities_of_each_study_come_from_its_series(journal: Journal) -> None
                          transfer_syntax="1.2.840.10008.1.2.1", path=Path("/s/sr"), size=10,
                          attrs=InstanceAttrs(modality="SR"))
     add(journal, "4.5.6.1", study="4.5.6")
-    assert journal.modalities() == {"1.2.3@1": ["CR", "SR"], "4.5.6@1": ["CR"]}
+    assert journal.modalities(["1.2.3@1", "4.5.6@1"]) == {"1.2.3@1": ["CR", "SR"],
+                                                        "4.5.6@1": ["CR"]}
+
+
+def test_a_listing_counts_only_the_studies_of_its_page(journal: Journal) -> None:
+    """Counts and modalities cover the keys asked for, however many (queries of 500 keys at
+    most), and nothing else: a page of a large journal never scans all of it."""
+    for study in ("1.2.3", "4.5.6", "7.8.9"):
+        add(journal, f"{study}.1", study=study)
+        add(journal, f"{study}.2", study=study)
+    page = [f"0.{n}@1" for n in range(1200)] + ["7.8.9@1", "1.2.3@1"]  # unknown keys first
+    assert journal.counts(page) == {"1.2.3@1": 2, "7.8.9@1": 2}
+    assert journal.modalities(page) == {"1.2.3@1": ["CR"], "7.8.9@1": ["CR"]}
+    assert journal.counts([]) == {} and journal.modalities([]) == {}
 
 
 def test_failed_items_can_be_retried(journal: Journal) -> None:
