@@ -29,6 +29,7 @@ from umsrep_core.training.radiographs import (
     NOISE,
     OTHER,
     RadiographPool,
+    _graphic,
     radiograph_held_out,
 )
 from umsrep_core.training.runs import RunSpec, export, train
@@ -146,6 +147,14 @@ def test_validation_holds_the_held_out_patients_and_every_kind_of_negative(
         OTHER] * negatives
     assert np.isfinite(held.masks[:2]).all() and np.isnan(held.masks[2:]).all()
     assert held.noisy_tiles.shape == held.clean_tiles.shape == (radiographs, 1, SIZE, SIZE)
+
+
+def test_graphic_negatives_draw_at_any_input_size() -> None:
+    """Text on a canvas under 72 px (a model input of 48 drawn at up to 3x) takes the
+    smallest scale: it once asked numpy for a scale in an empty range and raised."""
+    for seed in range(40):
+        image = _graphic(SIZE, np.random.default_rng(seed))
+        assert image.shape == (SIZE, SIZE) and 0 <= image.min() <= image.max() <= 1
 
 
 def test_the_class_loss_scores_an_unknown_chest_on_not_being_other() -> None:

@@ -329,7 +329,8 @@ def _graphic(size: int, rng: np.random.Generator) -> np.ndarray:
         y, x = (int(v) for v in rng.integers(0, side, 2))
         if rng.random() < 0.6:
             text = "".join(rng.choice(list(GLYPH_CHARS), int(rng.integers(2, 12))))
-            draw_text(canvas, text, y, x, scale=int(rng.integers(2, side // 24)), value=value)
+            scale = int(rng.integers(2, max(3, side // 24)))  # 2 at least, below 72 px too
+            draw_text(canvas, text, y, x, scale=scale, value=value)
         else:  # a box, a bar: a window, a test pattern's grey step
             h, w = (int(v) for v in rng.integers(side // 32, side // 2, 2))
             canvas[y:y + h, x:x + w] = value
